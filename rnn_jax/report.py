@@ -1,0 +1,47 @@
+"""What a run leaves behind for a reader: metrics as JSON lines, and the book's
+perplexity-vs-epoch plot (train and validation) as a PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, allow_nan=True) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def plot_perplexity(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Train (and validation, when present) perplexity per epoch, log-scaled like the book's."""
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    epochs = [r["epoch"] for r in records]
+    for key, label in (("train_ppl", "train"), ("val_ppl", "validation")):
+        values = [r.get(key) for r in records]
+        if any(v is not None and math.isfinite(v) for v in values):
+            ax.plot(epochs, [math.nan if v is None else v for v in values], label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
