@@ -15,22 +15,34 @@ from typing import Any
 
 from rnn_jax.data import PARTITIONS, TOKEN_KINDS
 
-CELLS = ("rnn",)
+CELLS = ("rnn", "gru", "lstm")
+NONLINEARITIES = ("tanh", "relu")  # of the rnn cell
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int  # V: size of the one-hot input and of the softmax
-    num_hiddens: int = 512  # H: width of the hidden state
-    cell: str = "rnn"  # recurrent cell; the book's tanh RNN
+    num_hiddens: int = 512  # H: width of the hidden state (of every layer)
+    cell: str = "rnn"  # "rnn" (D2L 9.5), "gru" (10.2) or "lstm" (10.1); see rnn_jax/cells.py
     sigma: float = 0.01  # std of the normal init of the weights (biases start at 0)
+    num_layers: int = 1  # stacked layers, layer k fed layer k-1's outputs (D2L 10.3)
+    dropout: float = 0.0  # dropout on the outputs of all but the last layer, in training only
+    nonlinearity: str = "tanh"  # the rnn cell's activation: the book's "tanh", or "relu"
 
     def __post_init__(self) -> None:
-        _positive(self, "vocab_size", "num_hiddens")
+        _positive(self, "vocab_size", "num_hiddens", "num_layers")
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
         if not self.sigma > 0:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ValueError(
+                f"nonlinearity must be one of {NONLINEARITIES}, got {self.nonlinearity!r}"
+            )
+        if self.nonlinearity != "tanh" and self.cell != "rnn":
+            raise ValueError(f"nonlinearity applies to the rnn cell only, not {self.cell!r}")
 
 
 @dataclass(frozen=True)

@@ -298,7 +298,9 @@ def iterate(Xs: np.ndarray, Ys: np.ndarray) -> Iterator[tuple[np.ndarray, np.nda
     yield from zip(Xs, Ys, strict=True)
 
 
-def eval_batches(corpus: np.ndarray, batch_size: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+def eval_batches(
+    corpus: np.ndarray, batch_size: int, num_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Sequential minibatches (offset 0) for evaluation; a short corpus gets a smaller
     batch and window so that any corpus of at least two tokens can be scored."""
     if len(corpus) < 2:

@@ -26,7 +26,13 @@ import rnn_jax
 from rnn_jax import data, model, report, sample
 from rnn_jax.config import ModelConfig, TrainConfig, to_dict
 from rnn_jax.loss import perplexity
-from rnn_jax.step import TrainState, init_train_state, make_evaluate, make_optimizer, make_train_step
+from rnn_jax.step import (
+    TrainState,
+    init_train_state,
+    make_evaluate,
+    make_optimizer,
+    make_train_step,
+)
 
 METRICS = "metrics.jsonl"
 PLOT = "perplexity.png"
@@ -52,7 +58,9 @@ class Dataset:
 
 def load_dataset(config: TrainConfig) -> Dataset:
     """Corpus -> train/validation split, checked to hold at least one minibatch."""
-    corpus, vocab = data.load_corpus(config.corpus, token=config.token, max_tokens=config.max_tokens)
+    corpus, vocab = data.load_corpus(
+        config.corpus, token=config.token, max_tokens=config.max_tokens
+    )
     train, val = data.train_val_split(corpus, config.val_fraction)
     data.check_batch_sizes(len(train), config.batch_size, config.num_steps)
     return Dataset(train, val, vocab, config.token)
@@ -63,7 +71,9 @@ def batches_per_epoch(num_tokens: int, batch_size: int, num_steps: int) -> int:
     return (num_tokens - num_steps) // (batch_size * num_steps)
 
 
-def epoch_batches(dataset: Dataset, config: TrainConfig, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+def epoch_batches(
+    dataset: Dataset, config: TrainConfig, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``(K, B, T)`` minibatches of ``epoch``: a pure function of ``(seed, epoch)``."""
     Xs, Ys = data.epoch_batches(
         dataset.train, config.batch_size, config.num_steps, config.partition, config.seed, epoch
@@ -121,11 +131,15 @@ def fit(
         )
     optimizer = make_optimizer(config)
     if state is None:
-        state = init_train_state(model_config, optimizer, config.batch_size, jax.random.key(config.seed))
+        state = init_train_state(
+            model_config, optimizer, config.batch_size, jax.random.key(config.seed)
+        )
     K = batches_per_epoch(len(dataset.train), config.batch_size, config.num_steps)
     tokens_per_batch = config.batch_size * config.num_steps
 
-    step_fn = make_train_step(model_config, optimizer, carry_hidden=config.partition == "sequential")
+    step_fn = make_train_step(
+        model_config, optimizer, carry_hidden=config.partition == "sequential"
+    )
     first_X, first_Y = epoch_batches(dataset, config, 0)
     started = time.perf_counter()
     train_step = step_fn.lower(state, (first_X[0], first_Y[0])).compile()
@@ -134,7 +148,9 @@ def fit(
     evaluate = make_evaluate(model_config)
     val_batches = None
     if len(dataset.val) >= 2:
-        val_batches = tuple(map(jnp.asarray, data.eval_batches(dataset.val, config.batch_size, config.num_steps)))
+        val_batches = tuple(
+            map(jnp.asarray, data.eval_batches(dataset.val, config.batch_size, config.num_steps))
+        )
 
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +159,9 @@ def fit(
     history: list[dict[str, Any]] = []
     start_step = int(state.step)
     total_steps = config.num_epochs * K
-    bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=_no_bar(progress), leave=False)
+    bar = tqdm(
+        total=total_steps, initial=start_step, unit="step", disable=_no_bar(progress), leave=False
+    )
     interrupted = False
     for epoch in range(start_step // K, config.num_epochs):
         first_batch = start_step - epoch * K if epoch == start_step // K else 0
@@ -167,17 +185,19 @@ def fit(
         loss_mean, grad_norm = jax.device_get((loss_sum, grad_norm_sum))  # waits for the epoch
         train_s = time.perf_counter() - started
         last_step = int(state.step)
-        if not math.isfinite(loss_mean):
+        train_ppl = perplexity(loss_mean, num_batches)
+        if not math.isfinite(train_ppl):  # NaN, inf, or a mean NLL whose exp overflows
             raise NonFiniteLossError(
-                f"training loss became {loss_mean} between steps {last_step - num_batches + 1} and "
-                f"{last_step} (epoch {epoch + 1}); lower --lr or --theta"
+                f"training loss became {loss_mean / num_batches:.4g} (perplexity {train_ppl}) "
+                f"between steps {last_step - num_batches + 1} and {last_step} (epoch {epoch + 1}); "
+                f"lower the learning rate or the clipping threshold theta"
             )
         if interrupted and num_batches < K - first_batch:
             break  # a partial epoch: no record; the resumed run redoes its metrics
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": last_step,
-            "train_ppl": perplexity(loss_mean, num_batches),
+            "train_ppl": train_ppl,
             "val_ppl": None,
             "tokens_per_s": num_batches * tokens_per_batch / train_s,
             "grad_norm": float(grad_norm) / num_batches,
@@ -187,9 +207,16 @@ def fit(
             nll, count = evaluate(state.params, *val_batches)
             record["val_ppl"] = perplexity(nll, count)
         samples = None
-        if config.sample_every and ((epoch + 1) % config.sample_every == 0 or epoch + 1 == config.num_epochs):
+        if config.sample_every and (
+            (epoch + 1) % config.sample_every == 0 or epoch + 1 == config.num_epochs
+        ):
             samples = sample.predict(
-                config.sample_prefix, config.num_preds, model_config, state.params, dataset.vocab, dataset.token
+                config.sample_prefix,
+                config.num_preds,
+                model_config,
+                state.params,
+                dataset.vocab,
+                dataset.token,
             )
         history.append(record)
         bar.set_postfix(ppl=f"{record['train_ppl']:.2f}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -226,4 +253,3 @@ def _format_record(record: dict[str, Any]) -> str:
 
 def _no_bar(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
-

@@ -26,4 +26,3 @@ def perplexity(nll_sum: float, num_tokens: int) -> float:
     """``exp(nll_sum / num_tokens)``; ``inf`` when the mean overflows."""
     mean = float(nll_sum) / int(num_tokens)
     return math.exp(mean) if mean < 700 else math.inf
-

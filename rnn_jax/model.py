@@ -1,6 +1,6 @@
-"""The book's RNN language model as pure functions over a parameter pytree (D2L 9.5).
+"""The book's RNN language models as pure functions over parameter pytrees (D2L 9.5, 10.1-10.3).
 
-Shape legend: B batch, T time (num_steps), V vocab_size, H num_hiddens.
+Shape legend: B batch, T time (num_steps), V vocab_size, H num_hiddens, L num_layers.
 
     h_t = tanh(x_t W_xh + h_{t-1} W_hh + b_h)      x_t one-hot (B, V), h_t (B, H)
     y_t = h_t W_hq + b_q                           y_t logits (B, V)
@@ -15,24 +15,31 @@ numbers faster, and the tests hold the two equal:
 * the backward pass of the scan (``_recurrence``'s custom VJP) returns the gradient of
   ``W_hh`` as one ``(H, T B) @ (T B, H)`` matmul after the reverse scan, rather than
   summing ``T`` small outer products inside it.
+
+``init``, ``zero_state``, ``apply`` and ``step`` build the model a ``ModelConfig``
+describes (any cell of ``rnn_jax.cells``, stacked, with dropout between layers) the same
+fast way; ``reference_apply`` is its slow twin over the book's steps. These four are what
+the train step, evaluation, sampling and checkpoints call.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
+from rnn_jax import cells
 from rnn_jax.config import ModelConfig
 
-Params = dict[str, jax.Array]
+Params = dict[str, Any]  # book names -> arrays; stacked models nest one dict per layer
 Hidden = jax.Array  # (B, H)
+State = Any  # Hidden, (H, C) for the LSTM, or a tuple of one per layer
 Tokens = jax.Array  # (B, T) int32
 Logits = jax.Array  # (B, T, V)
 
 
-def init_params(
-    key: jax.Array, vocab_size: int, num_hiddens: int, sigma: float = 0.01
-) -> Params:
+def init_params(key: jax.Array, vocab_size: int, num_hiddens: int, sigma: float = 0.01) -> Params:
     """The book's parameters: weights ~ N(0, sigma^2), biases zero."""
     k_xh, k_hh, k_hq = jax.random.split(key, 3)
     V, H = vocab_size, num_hiddens
@@ -51,7 +58,7 @@ def init_state(batch_size: int, num_hiddens: int, dtype: jnp.dtype = jnp.float32
 
 
 def rnn_step(params: Params, h: Hidden, x: jax.Array) -> tuple[Hidden, jax.Array]:
-    """One step of the book: ``x`` one-hot ``(B, V)`` -> (new ``h`` ``(B, H)``, logits ``(B, V)``)."""
+    """One step of the book: ``x`` one-hot ``(B, V)`` -> (``h`` ``(B, H)``, logits ``(B, V)``)."""
     h = jnp.tanh(x @ params["W_xh"] + h @ params["W_hh"] + params["b_h"])
     return h, h @ params["W_hq"] + params["b_q"]
 
@@ -68,67 +75,127 @@ def forward(params: Params, tokens: Tokens, state: Hidden) -> tuple[Logits, Hidd
     return jnp.swapaxes(logits, 0, 1), state
 
 
-@jax.custom_vjp
 def _recurrence(W_hh: jax.Array, XW: jax.Array, h0: Hidden) -> tuple[jax.Array, Hidden]:
-    """``h_t = tanh(XW_t + h_{t-1} W_hh)`` for t = 1..T; returns all ``h_t`` ``(T, B, H)`` and ``h_T``."""
-    return _recurrence_fwd(W_hh, XW, h0)[0]
-
-
-def _recurrence_fwd(W_hh, XW, h0):
-    def step(h, xw):
-        h = jnp.tanh(xw + h @ W_hh)
-        return h, h
-
-    h_T, Hs = jax.lax.scan(step, h0, XW)
-    return (Hs, h_T), (W_hh, Hs, h0)
-
-
-def _recurrence_bwd(residuals, cotangents):
-    W_hh, Hs, h0 = residuals
-    dHs, dh_T = cotangents
-
-    def step(dh, h_and_dh):
-        h, dh_out = h_and_dh
-        dz = (dh + dh_out) * (1 - h * h)  # through tanh: d tanh(z) = 1 - tanh(z)^2
-        return dz @ W_hh.T, dz
-
-    dh0, dZ = jax.lax.scan(step, dh_T, (Hs, dHs), reverse=True)
-    H_prev = jnp.concatenate([h0[None], Hs[:-1]])  # h_{t-1} for every t
-    dW_hh = jnp.einsum("tbi,tbj->ij", H_prev, dZ)
-    return dW_hh, dZ, dh0
-
-
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+    """``h_t = tanh(XW_t + h_{t-1} W_hh)``: all ``h_t`` ``(T, B, H)`` and ``h_T`` (custom VJP)."""
+    return cells.activation_recurrence("tanh", W_hh, XW, h0)
 
 
 # ---------------------------------------------------------------- by configuration
+#
+# The language model any ``ModelConfig`` describes: ``num_layers`` cells of one kind
+# (rnn, gru or lstm; see ``cells``), layer 0 fed the one-hot tokens and layer k the
+# outputs of layer k-1 (D2L 10.3), then the head ``H W_hq + b_q`` on the last layer.
+#
+# Params: {"layer_0": {book names of the cell}, ..., "layer_{L-1}": {...}, "W_hq", "b_q"}.
+# State: the cell's state (rnn, gru ``(B, H)``; lstm ``(H, C)``) for one layer, a tuple
+# of one per layer for several.
+
+
+def cell_of(config: ModelConfig) -> cells.Cell:
+    return cells.get(config.cell, config.nonlinearity)
 
 
 def init(config: ModelConfig, key: jax.Array) -> Params:
-    """Parameters of the model ``config`` describes."""
-    return init_params(key, config.vocab_size, config.num_hiddens, config.sigma)
+    """Parameters of the model ``config`` describes; weights ~ N(0, sigma^2), biases zero."""
+    cell = cell_of(config)
+    V, H, L = config.vocab_size, config.num_hiddens, config.num_layers
+    *layer_keys, k_hq = jax.random.split(key, L + 1)
+    params: Params = {
+        f"layer_{l}": cell.init(k, V if l == 0 else H, H, config.sigma)
+        for l, k in enumerate(layer_keys)
+    }
+    params["W_hq"] = config.sigma * jax.random.normal(k_hq, (H, V))
+    params["b_q"] = jnp.zeros((V,))
+    return params
 
 
-def zero_state(config: ModelConfig, batch_size: int) -> Hidden:
-    """The zero hidden state for a batch of ``batch_size``."""
-    return init_state(batch_size, config.num_hiddens)
+def zero_state(config: ModelConfig, batch_size: int) -> State:
+    """The zero state for a batch of ``batch_size`` (one per layer when stacked)."""
+    cell = cell_of(config)
+    # A fresh array per layer: the train step donates the state, and a buffer shared by
+    # two leaves cannot be donated twice.
+    H, L = config.num_hiddens, config.num_layers
+    return _unstack(config, tuple(cell.init_state(batch_size, H) for _ in range(L)))
 
 
 def apply(
-    config: ModelConfig, params: Params, tokens: Tokens, state: Hidden
-) -> tuple[Logits, Hidden]:
-    """``forward`` of the model ``config`` describes."""
-    del config  # one cell so far; the config will select it
-    return forward(params, tokens, state)
+    config: ModelConfig,
+    params: Params,
+    tokens: Tokens,
+    state: State,
+    *,
+    key: jax.Array | None = None,
+) -> tuple[Logits, State]:
+    """Run the model over ``tokens`` ``(B, T)`` from ``state``: logits ``(B, T, V)``, state.
+
+    The fast path: each layer's input projection is hoisted out of its scan (a gather of
+    the fused ``W_x`` rows for the one-hot layer 0), the cell's recurrence has a custom
+    VJP, and the head is one matmul after the last scan. With ``key`` (training) and
+    ``config.dropout > 0``, dropout is applied to the outputs of every layer but the last.
+    """
+    cell = cell_of(config)
+    states = _stack(config, state)
+    new_states = []
+    Hs = None
+    for l in range(config.num_layers):
+        layer = params[f"layer_{l}"]
+        if l == 0:
+            XW = cells.project_tokens(cell, layer, tokens.T)  # (T, B, G H)
+        else:
+            XW = cells.project(cell, layer, _dropout(config, key, l - 1, Hs))
+        Hs, layer_state = cell.recurrence(layer, XW, states[l])  # (T, B, H)
+        new_states.append(layer_state)
+    logits = Hs @ params["W_hq"] + params["b_q"]  # (T, B, V)
+    return jnp.swapaxes(logits, 0, 1), _unstack(config, tuple(new_states))
+
+
+def reference_apply(
+    config: ModelConfig,
+    params: Params,
+    tokens: Tokens,
+    state: State,
+    *,
+    key: jax.Array | None = None,
+) -> tuple[Logits, State]:
+    """``apply`` written plainly (the slow reference): per layer, a ``lax.scan`` of the
+    book's ``cell.step`` on one-hot inputs, the same dropout masks, the head per step."""
+    cell = cell_of(config)
+    states = _stack(config, state)
+    X = jax.nn.one_hot(tokens.T, config.vocab_size, dtype=params["W_hq"].dtype)  # (T, B, V)
+    new_states = []
+    for l in range(config.num_layers):
+        if l > 0:
+            X = _dropout(config, key, l - 1, X)
+        layer = params[f"layer_{l}"]
+        layer_state, X = jax.lax.scan(lambda s, x, p=layer: cell.step(p, s, x), states[l], X)
+        new_states.append(layer_state)
+    logits = jax.vmap(lambda h: h @ params["W_hq"] + params["b_q"])(X)
+    return jnp.swapaxes(logits, 0, 1), _unstack(config, tuple(new_states))
 
 
 def step(
-    config: ModelConfig, params: Params, state: Hidden, token: jax.Array
-) -> tuple[Hidden, jax.Array]:
-    """One step on ``token`` ``(B,)`` int: the sampler's unit. Returns (state, logits ``(B, V)``)."""
-    del config
-    h = jnp.tanh(params["W_xh"][token] + state @ params["W_hh"] + params["b_h"])
-    return h, h @ params["W_hq"] + params["b_q"]
+    config: ModelConfig, params: Params, state: State, token: jax.Array
+) -> tuple[State, jax.Array]:
+    """One step on ``token`` ``(B,)`` int, the sampler's unit: (state, logits ``(B, V)``)."""
+    logits, state = apply(config, params, token[:, None], state)
+    return state, logits[:, 0]
+
+
+def _dropout(config: ModelConfig, key: jax.Array | None, layer: int, X: jax.Array) -> jax.Array:
+    """Inverted dropout on layer ``layer``'s outputs; the identity without ``key``."""
+    if key is None or config.dropout == 0:
+        return X
+    keep = 1 - config.dropout
+    mask = jax.random.bernoulli(jax.random.fold_in(key, layer), keep, X.shape)
+    return jnp.where(mask, X / keep, 0).astype(X.dtype)
+
+
+def _stack(config: ModelConfig, state: State) -> tuple[State, ...]:
+    return (state,) if config.num_layers == 1 else tuple(state)
+
+
+def _unstack(config: ModelConfig, states: tuple[State, ...]) -> State:
+    return states[0] if config.num_layers == 1 else states
 
 
 def num_params(params: Params) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -37,7 +37,8 @@ def plot_perplexity(records: list[dict[str, Any]], path: Path, title: str = "") 
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -45,3 +46,18 @@ def plot_perplexity(records: list[dict[str, Any]], path: Path, title: str = "") 
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
+
+
+def truncate_metrics(path: Path, epoch: int) -> None:
+    """Drop the records of epochs after ``epoch`` (a resumed run trains them again)."""
+    if path.exists():
+        kept = [r for r in read_jsonl(path) if r["epoch"] <= epoch]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept), "utf-8")
+
+
+def truncate_samples(path: Path, epoch: int) -> None:
+    """Drop the ``epoch N<TAB>text`` lines of epochs after ``epoch``."""
+    if path.exists():
+        lines = path.read_text("utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if int(line.split("\t", 1)[0].split()[1]) <= epoch]
+        path.write_text("".join(kept), "utf-8")

@@ -31,7 +31,7 @@ class TrainState:
     step: jax.Array  # () int32: optimizer steps taken; the data position derives from it
     params: model.Params
     opt_state: optax.OptState
-    hidden: model.Hidden  # (B, H): carried across sequential minibatches
+    hidden: model.State  # (B, H), (H, C) or one per layer: carried across minibatches
     key: jax.Array  # PRNG key; step k uses fold_in(key, k)
 
 
@@ -72,10 +72,14 @@ def train_step(
     (random partition) from zeros.
     """
     X, Y = batch
-    h0 = jax.lax.stop_gradient(state.hidden) if carry_hidden else jnp.zeros_like(state.hidden)
+    if carry_hidden:
+        h0 = jax.lax.stop_gradient(state.hidden)
+    else:
+        h0 = jax.tree.map(jnp.zeros_like, state.hidden)  # a pytree for the LSTM and stacks
+    dropout_key = jax.random.fold_in(state.key, state.step)
 
     def loss_fn(params: model.Params) -> tuple[jax.Array, model.Hidden]:
-        logits, h_T = model.apply(model_config, params, X, h0)
+        logits, h_T = model.apply(model_config, params, X, h0, key=dropout_key)
         return cross_entropy(logits, Y), h_T
 
     (loss, h_T), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -88,8 +92,8 @@ def train_step(
     )
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),  # before clipping
-        "update_norm": optax.global_norm(updates),
+        "grad_norm": optax.tree.norm(grads),  # before clipping
+        "update_norm": optax.tree.norm(updates),
     }
     return new_state, metrics
 

@@ -1,0 +1,365 @@
+"""The book's recurrent cells as pure functions over parameter pytrees (D2L 9.5, 10.1-10.4).
+
+Shape legend: B batch, T time, D num_inputs, H num_hiddens, G gate blocks (rnn 1, gru 3,
+lstm 4).
+
+    rnn   H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h)                  phi tanh (book) or relu
+    gru   Z_t = sigmoid(X_t W_xz + H_{t-1} W_hz + b_z)              update gate
+          R_t = sigmoid(X_t W_xr + H_{t-1} W_hr + b_r)              reset gate
+          H~_t = tanh(X_t W_xh + (R_t * H_{t-1}) W_hh + b_h)        candidate
+          H_t = Z_t * H_{t-1} + (1 - Z_t) * H~_t
+    lstm  I_t, F_t, O_t = sigmoid(X_t W_x? + H_{t-1} W_h? + b_?)     ? = i, f, o
+          C~_t = tanh(X_t W_xc + H_{t-1} W_hc + b_c)                candidate cell
+          C_t = F_t * C_{t-1} + I_t * C~_t,   H_t = O_t * tanh(C_t)  state (H, C)
+
+Every cell has the same interface (a ``Cell``): ``init(key, num_inputs, num_hiddens,
+sigma)``, ``init_state(batch_size, num_hiddens)``, and ``step(params, state, x) ->
+(state, output)``, the equations above written as in the book: the reference.
+
+``recurrence(params, XW, state)`` runs the same cell over a whole sequence, faster; the
+tests hold it equal to a Python loop of ``step``:
+
+* the input side ``X_t W_x + b`` of all gates is computed for all T steps before the
+  scan, as one ``(D, G H)`` matmul, or a row gather for one-hot tokens (``project``,
+  ``project_tokens``);
+* inside the scan, one fused ``H_{t-1} W_h`` per step for all gates (the GRU needs a
+  second, ``(R_t * H_{t-1}) W_hh``: its candidate's matmul waits for the reset gate);
+* the backward pass (a custom VJP per cell) keeps only the gate algebra and the
+  ``dA W_h^T`` matmul inside the reverse scan and computes the weight gradient as one
+  ``(H, T B) @ (T B, G H)`` matmul after it, rather than ``T`` outer products inside.
+
+The fused matrices are concatenated from the book-named parameters inside the jitted
+function, so the pytree keeps the book's names.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, jax.Array]
+State = Any  # H (B, H), or (H, C) for the LSTM
+Sequence = jax.Array  # (T, B, H)
+
+GATES = {"rnn": ("h",), "gru": ("z", "r", "h"), "lstm": ("i", "f", "o", "c")}
+
+
+class Cell(NamedTuple):
+    """One recurrent cell: its parameters, state, book step and fast recurrence."""
+
+    name: str
+    gates: tuple[str, ...]  # suffixes of the weight blocks, in the order they are fused
+    init: Callable[..., Params]  # (key, num_inputs, num_hiddens, sigma=0.01) -> Params
+    init_state: Callable[..., State]  # (batch_size, num_hiddens, dtype=float32) -> State
+    step: Callable[..., tuple[State, jax.Array]]  # (params, state, x (B, D)) -> (state, (B, H))
+    recurrence: Callable[..., tuple[Sequence, State]]  # (params, XW (T, B, G H), state)
+
+
+def init_gates(
+    gates: tuple[str, ...], key: jax.Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01
+) -> Params:
+    """``W_x?`` ``(D, H)``, ``W_h?`` ``(H, H)`` ~ N(0, sigma^2) and ``b_?`` zeros for each gate."""
+    params = {}
+    for gate, k in zip(gates, jax.random.split(key, len(gates)), strict=True):
+        k_x, k_h = jax.random.split(k)
+        params[f"W_x{gate}"] = sigma * jax.random.normal(k_x, (num_inputs, num_hiddens))
+        params[f"W_h{gate}"] = sigma * jax.random.normal(k_h, (num_hiddens, num_hiddens))
+        params[f"b_{gate}"] = jnp.zeros((num_hiddens,))
+    return params
+
+
+def zeros_state(batch_size: int, num_hiddens: int, dtype: Any = jnp.float32) -> jax.Array:
+    return jnp.zeros((batch_size, num_hiddens), dtype)
+
+
+def lstm_state(batch_size: int, num_hiddens: int, dtype: Any = jnp.float32) -> State:
+    """``(H, C)``, both zeros ``(B, H)``."""
+    return zeros_state(batch_size, num_hiddens, dtype), zeros_state(batch_size, num_hiddens, dtype)
+
+
+# ------------------------------------------------------------------ the book's steps
+
+
+def rnn_step(
+    params: Params, H: jax.Array, X: jax.Array, nonlinearity: str = "tanh"
+) -> tuple[jax.Array, jax.Array]:
+    phi = _ACTIVATIONS[nonlinearity]
+    H = phi(X @ params["W_xh"] + H @ params["W_hh"] + params["b_h"])
+    return H, H
+
+
+def gru_step(params: Params, H: jax.Array, X: jax.Array) -> tuple[jax.Array, jax.Array]:
+    p = params
+    Z = jax.nn.sigmoid(X @ p["W_xz"] + H @ p["W_hz"] + p["b_z"])
+    R = jax.nn.sigmoid(X @ p["W_xr"] + H @ p["W_hr"] + p["b_r"])
+    H_tilde = jnp.tanh(X @ p["W_xh"] + (R * H) @ p["W_hh"] + p["b_h"])
+    H = Z * H + (1 - Z) * H_tilde
+    return H, H
+
+
+def lstm_step(params: Params, state: State, X: jax.Array) -> tuple[State, jax.Array]:
+    p = params
+    H, C = state
+    I = jax.nn.sigmoid(X @ p["W_xi"] + H @ p["W_hi"] + p["b_i"])
+    F = jax.nn.sigmoid(X @ p["W_xf"] + H @ p["W_hf"] + p["b_f"])
+    O = jax.nn.sigmoid(X @ p["W_xo"] + H @ p["W_ho"] + p["b_o"])
+    C_tilde = jnp.tanh(X @ p["W_xc"] + H @ p["W_hc"] + p["b_c"])
+    C = F * C + I * C_tilde
+    H = O * jnp.tanh(C)
+    return (H, C), H
+
+
+_ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+# ------------------------------------------------------------------ input projection
+
+
+def fused_input(cell: Cell, params: Params) -> tuple[jax.Array, jax.Array]:
+    """``W_x`` ``(D, G H)`` and ``b`` ``(G H,)``: every gate's input weights side by side."""
+    W_x = jnp.concatenate([params[f"W_x{g}"] for g in cell.gates], axis=1)
+    b = jnp.concatenate([params[f"b_{g}"] for g in cell.gates])
+    return W_x, b
+
+
+def project(cell: Cell, params: Params, X: jax.Array) -> jax.Array:
+    """``X W_x + b`` ``(T, B, G H)`` for dense inputs ``X`` ``(T, B, D)``: one matmul."""
+    W_x, b = fused_input(cell, params)
+    return X @ W_x + b
+
+
+def project_tokens(cell: Cell, params: Params, tokens: jax.Array) -> jax.Array:
+    """The same for one-hot inputs given as int ``tokens`` ``(T, B)``: ``one_hot(x) W == W[x]``."""
+    W_x, b = fused_input(cell, params)
+    return W_x[tokens] + b
+
+
+def scan(cell: Cell, params: Params, X: jax.Array, state: State) -> tuple[Sequence, State]:
+    """Run ``cell`` over dense ``X`` ``(T, B, D)``: outputs ``(T, B, H)`` and the final state."""
+    return cell.recurrence(params, project(cell, params, X), state)
+
+
+# ------------------------------------------------------------------ rnn recurrence
+
+
+def _sum_outer(A: jax.Array, dZ: jax.Array) -> jax.Array:
+    """``sum_t A_t^T dZ_t`` for ``(T, B, I)``, ``(T, B, J)``: one ``(I, T B) @ (T B, J)`` matmul."""
+    return A.reshape(-1, A.shape[-1]).T @ dZ.reshape(-1, dZ.shape[-1])
+
+
+def rnn_recurrence(
+    params: Params, XW: jax.Array, H0: jax.Array, nonlinearity: str = "tanh"
+) -> tuple[Sequence, jax.Array]:
+    return activation_recurrence(nonlinearity, params["W_hh"], XW, H0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def activation_recurrence(
+    nonlinearity: str, W_hh: jax.Array, XW: jax.Array, h0: jax.Array
+) -> tuple[Sequence, jax.Array]:
+    """``h_t = phi(XW_t + h_{t-1} W_hh)`` for t = 1..T; all ``h_t`` ``(T, B, H)`` and ``h_T``."""
+    return _activation_fwd(nonlinearity, W_hh, XW, h0)[0]
+
+
+def _activation_fwd(nonlinearity, W_hh, XW, h0):
+    phi = _ACTIVATIONS[nonlinearity]
+
+    def step(h, xw):
+        h = phi(xw + h @ W_hh)
+        return h, h
+
+    h_T, Hs = jax.lax.scan(step, h0, XW)
+    return (Hs, h_T), (W_hh, Hs, h0)
+
+
+def _activation_bwd(nonlinearity, residuals, cotangents):
+    W_hh, Hs, h0 = residuals
+    dHs, dh_T = cotangents
+
+    def step(dh, h_and_dh):
+        h, dh_out = h_and_dh
+        dz = (dh + dh_out) * _activation_grad(nonlinearity, h)
+        return dz @ W_hh.T, dz
+
+    dh0, dZ = jax.lax.scan(step, dh_T, (Hs, dHs), reverse=True)
+    H_prev = jnp.concatenate([h0[None], Hs[:-1]])  # h_{t-1} for every t
+    return _sum_outer(H_prev, dZ), dZ, dh0
+
+
+def _activation_grad(nonlinearity: str, h: jax.Array) -> jax.Array:
+    """``phi'(z)`` written with ``h = phi(z)``: ``1 - h^2`` for tanh, ``h > 0`` for relu."""
+    if nonlinearity == "tanh":
+        return 1 - h * h
+    return (h > 0).astype(h.dtype)
+
+
+activation_recurrence.defvjp(_activation_fwd, _activation_bwd)
+
+
+# ------------------------------------------------------------------ gru recurrence
+
+
+def gru_recurrence(params: Params, XW: jax.Array, H0: jax.Array) -> tuple[Sequence, jax.Array]:
+    W_hzr = jnp.concatenate([params["W_hz"], params["W_hr"]], axis=1)  # (H, 2H)
+    return _gru(W_hzr, params["W_hh"], XW, H0)
+
+
+@jax.custom_vjp
+def _gru(W_hzr, W_hh, XW, h0):
+    """The GRU over ``XW`` ``(T, B, 3H)`` (z, r, candidate blocks), from ``h0``."""
+    return _gru_fwd(W_hzr, W_hh, XW, h0)[0]
+
+
+def _gru_fwd(W_hzr, W_hh, XW, h0):
+    H = h0.shape[-1]
+
+    def step(h, xw):
+        zr = jax.nn.sigmoid(xw[:, : 2 * H] + h @ W_hzr)
+        z, r = zr[:, :H], zr[:, H:]
+        cand = jnp.tanh(xw[:, 2 * H :] + (r * h) @ W_hh)
+        h = z * h + (1 - z) * cand
+        return h, (h, z, r, cand)
+
+    h_T, (Hs, Z, R, Cand) = jax.lax.scan(step, h0, XW)
+    return (Hs, h_T), (W_hzr, W_hh, h0, Hs, Z, R, Cand)
+
+
+def _gru_bwd(residuals, cotangents):
+    W_hzr, W_hh, h0, Hs, Z, R, Cand = residuals
+    dHs, dh_T = cotangents
+    H_prev = jnp.concatenate([h0[None], Hs[:-1]])
+
+    def step(dh, xs):
+        dh_out, h, z, r, cand = xs
+        dh = dh + dh_out
+        da_cand = dh * (1 - z) * (1 - cand * cand)
+        ds = da_cand @ W_hh.T  # through (r * h) W_hh
+        da_zr = jnp.concatenate([dh * (h - cand) * z * (1 - z), ds * h * r * (1 - r)], axis=1)
+        dh_prev = dh * z + ds * r + da_zr @ W_hzr.T
+        return dh_prev, (da_zr, da_cand)
+
+    dh0, (dA_zr, dA_cand) = jax.lax.scan(step, dh_T, (dHs, H_prev, Z, R, Cand), reverse=True)
+    dW_hzr = _sum_outer(H_prev, dA_zr)
+    dW_hh = _sum_outer(R * H_prev, dA_cand)
+    return dW_hzr, dW_hh, jnp.concatenate([dA_zr, dA_cand], axis=-1), dh0
+
+
+_gru.defvjp(_gru_fwd, _gru_bwd)
+
+
+# ------------------------------------------------------------------ lstm recurrence
+
+
+def lstm_recurrence(params: Params, XW: jax.Array, state: State) -> tuple[Sequence, State]:
+    W_h = jnp.concatenate([params[f"W_h{g}"] for g in GATES["lstm"]], axis=1)  # (H, 4H)
+    return _lstm(W_h, XW, state)
+
+
+@jax.custom_vjp
+def _lstm(W_h, XW, state):
+    """The LSTM over ``XW`` ``(T, B, 4H)`` (i, f, o, candidate blocks), from ``(h0, c0)``."""
+    return _lstm_fwd(W_h, XW, state)[0]
+
+
+def _lstm_fwd(W_h, XW, state):
+    H = state[0].shape[-1]
+
+    def step(carry, xw):
+        h, c = carry
+        a = xw + h @ W_h
+        ifo = jax.nn.sigmoid(a[:, : 3 * H])
+        cand = jnp.tanh(a[:, 3 * H :])
+        c = ifo[:, H : 2 * H] * c + ifo[:, :H] * cand
+        h = ifo[:, 2 * H :] * jnp.tanh(c)
+        return (h, c), (h, c, jnp.concatenate([ifo, cand], axis=1))
+
+    state_T, (Hs, Cs, Gates) = jax.lax.scan(step, state, XW)
+    return (Hs, state_T), (W_h, state, Hs, Cs, Gates)
+
+
+def _lstm_bwd(residuals, cotangents):
+    W_h, (h0, c0), Hs, Cs, Gates = residuals
+    dHs, (dh_T, dc_T) = cotangents
+    H = h0.shape[-1]
+    C_prev = jnp.concatenate([c0[None], Cs[:-1]])
+
+    def step(carry, xs):
+        dh, dc = carry
+        dh_out, c, c_prev, gates = xs
+        i, f, o, cand = (gates[:, k * H : (k + 1) * H] for k in range(4))
+        dh = dh + dh_out
+        tanh_c = jnp.tanh(c)
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)
+        da = jnp.concatenate(
+            [
+                dc * cand * i * (1 - i),
+                dc * c_prev * f * (1 - f),
+                dh * tanh_c * o * (1 - o),
+                dc * i * (1 - cand * cand),
+            ],
+            axis=1,
+        )
+        return (da @ W_h.T, dc * f), da
+
+    (dh0, dc0), dA = jax.lax.scan(step, (dh_T, dc_T), (dHs, Cs, C_prev, Gates), reverse=True)
+    H_prev = jnp.concatenate([h0[None], Hs[:-1]])
+    return _sum_outer(H_prev, dA), dA, (dh0, dc0)
+
+
+_lstm.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+# ------------------------------------------------------------------ registry
+
+
+def get(name: str, nonlinearity: str = "tanh") -> Cell:
+    """The cell called ``name`` ("rnn", "gru", "lstm"); ``nonlinearity`` is the rnn's."""
+    if name not in GATES:
+        raise ValueError(f"cell must be one of {tuple(GATES)}, got {name!r}")
+    if nonlinearity not in _ACTIVATIONS:
+        raise ValueError(f"nonlinearity must be one of {tuple(_ACTIVATIONS)}, got {nonlinearity!r}")
+    if nonlinearity != "tanh" and name != "rnn":
+        raise ValueError(f"nonlinearity applies to the rnn cell only, not {name!r}")
+    gates = GATES[name]
+    init = functools.partial(init_gates, gates)
+    if name == "rnn":
+        step = functools.partial(rnn_step, nonlinearity=nonlinearity)
+        recurrence = functools.partial(rnn_recurrence, nonlinearity=nonlinearity)
+        return Cell(name, gates, init, zeros_state, step, recurrence)
+    if name == "gru":
+        return Cell(name, gates, init, zeros_state, gru_step, gru_recurrence)
+    return Cell(name, gates, init, lstm_state, lstm_step, lstm_recurrence)
+
+
+# ------------------------------------------------------------------ bidirectional
+
+
+def init_bidirectional(
+    cell: Cell, key: jax.Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01
+) -> dict[str, Params]:
+    """Two independent cells: ``{"forward": ..., "backward": ...}``."""
+    k_f, k_b = jax.random.split(key)
+    return {
+        "forward": cell.init(k_f, num_inputs, num_hiddens, sigma),
+        "backward": cell.init(k_b, num_inputs, num_hiddens, sigma),
+    }
+
+
+def bidirectional(
+    cell: Cell, params: dict[str, Params], X: jax.Array, state: tuple[State, State]
+) -> tuple[jax.Array, tuple[State, State]]:
+    """A bidirectional layer (D2L 10.4) over ``X`` ``(T, B, D)``: outputs ``(T, B, 2H)``.
+
+    Output ``t`` concatenates the forward cell's state after ``x_1..x_t`` with the backward
+    cell's state after ``x_T..x_t``. That makes it an encoder block only: as a language
+    model, output ``t`` would already have read ``x_{t+1}``, the very token it is asked
+    to predict (a perplexity near 1 that means nothing), and generation has no future
+    tokens to run the backward cell over.
+    """
+    Y_f, state_f = scan(cell, params["forward"], X, state[0])
+    Y_b, state_b = scan(cell, params["backward"], X[::-1], state[1])
+    return jnp.concatenate([Y_f, Y_b[::-1]], axis=-1), (state_f, state_b)
