@@ -460,7 +460,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"the run in {args.checkpoint} has no validation split; name a --corpus"
             )
-        what = "validation split"
+        what = "the validation split"
     else:
         words = data.tokenize(data.preprocess(data.read_text(args.corpus)), config.token)
         tokens = np.asarray(restored.vocab[words], np.int32)  # unknown tokens score as <unk>

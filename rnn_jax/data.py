@@ -158,6 +158,7 @@ def encode(text: str, vocab: Vocab, token: str = "char") -> np.ndarray:
         raise ValueError(
             f"prefix {text!r} contains {len(unknown)} token(s) outside the vocabulary: "
             + ", ".join(repr(t) for t in unknown)
+            + (" (the corpus was lowercased)" if any(t.lower() != t for t in unknown) else "")
         )
     return np.asarray(vocab[tokens], dtype=np.int32)
 
