@@ -235,6 +235,7 @@ def fit(
         if interrupted:
             break
     bar.close()
+    interrupted = interrupted and int(state.step) < total_steps  # a stop at the end is the end
     return FitResult(state=state, history=history, compile_s=compile_s, interrupted=interrupted)
 
 
