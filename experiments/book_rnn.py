@@ -8,10 +8,10 @@ SGD with lr 1, gradient clipping at 1, 500 epochs. Writes ``config.json``,
 ``metrics.jsonl``, ``perplexity.png`` and ``samples.txt`` to ``--out`` and prints the
 final perplexities and continuations of "time traveller" and "traveller".
 
-Measured here (2-core CPU shared with other jobs, seed 0): train perplexity 1.02
-(validation 107.7: 9,000 characters are memorised, not learned), 29,813 tokens/s
-(median epoch), train step compiled in 1.8 s, 190 s wall. Both continuations end in
-"you can show black is white by argument said filb", as in the book.
+Measured here (2-core CPU, seed 0): train perplexity 1.02 (validation 95.5: 9,000
+characters are memorised, not learned), 44,226 tokens/s (median epoch), train step
+compiled in 1.6 s, 124 s wall. "time traveller" continues "you can show black is white
+by argument said filb", as in the book.
 """
 
 from __future__ import annotations
