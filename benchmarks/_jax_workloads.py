@@ -11,7 +11,6 @@ calibrated number of calls is dispatched back to back and waited for once with
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,16 +26,23 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA
 
 
 def info() -> dict[str, Any]:
-    """Versions and thread conditions of this worker process."""
-    device = jax.devices()[0]
+    """Versions, device and thread conditions of this worker process."""
     return {
-        "jax": jax.__version__,
+        **loop.run_info(),
         "numpy": np.__version__,
-        "python": platform.python_version(),
-        "device": f"{device.platform}:{device.device_kind}",
         "affinity": len(os.sched_getaffinity(0)),
         "env": {k: os.environ.get(k) for k in THREAD_ENV if k in os.environ},
     }
+
+
+def _first_and_warm(run: Callable[[int], Any]) -> tuple[float, float]:
+    """Seconds of the first call of ``run`` (tracing and compiling included) and of the next."""
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(1))
+        times.append(time.perf_counter() - t0)
+    return times[0], times[1]
 
 
 def _rate(run: Callable[[int], Any], units_per_call: float, seconds: float) -> float:
@@ -83,12 +89,7 @@ def train(cell: str, num_hiddens: int, seconds: float, compile_times: bool) -> d
         return holder["state"]
 
     out: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(1))
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(1))
-    warm = time.perf_counter() - t0
+    first, warm = _first_and_warm(run)
     out["tokens_per_s"] = _rate(run, Xs[0].size, seconds)
     leaves = jax.tree.leaves(holder["state"].params)
     out["params_finite"] = all(bool(jnp.isfinite(leaf).all()) for leaf in leaves)
@@ -139,12 +140,7 @@ def generate(
         return [sample.greedy(model_config, params, prefixes, num_chars) for _ in range(n)]
 
     out: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(1))
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(1))
-    warm = time.perf_counter() - t0
+    first, warm = _first_and_warm(run)
     out["chars_per_s"] = _rate(run, batch_size * num_chars, seconds)
     if compile_times:
         jax.clear_caches()
