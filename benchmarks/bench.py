@@ -48,6 +48,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -62,9 +63,37 @@ REPO = HERE.parent
 VOCAB = 28  # the book's character vocabulary: 26 letters, space, <unk>
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 PREFIX = "time traveller"
-MATMUL_SHAPES = ((32, 512, 512), (1120, 512, 512))  # one step's h @ W_hh; all T*B rows at once
+# one generated char's h @ W_hh at batch 1; one training step's at batch 32; all T*B rows
+MATMUL_SHAPES = ((1, 512, 512), (32, 512, 512), (1120, 512, 512))
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def threads_cpus(threads: int) -> str:
+    """The CPUs ``--threads N`` pins every process to: the first N of this process's affinity
+    mask ("" for 0, or when N covers the mask). The thread variables alone do not hold XLA
+    to N cores: its CPU client keeps its own thread pool (a jitted matmul chain with
+    ``XLA_ONE_THREAD`` set used 1.7 s of CPU per 0.9 s of wall on 2 cores), so only the
+    affinity mask puts both libraries on the same N cores."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads <= 0 or threads >= len(cpus):
+        return ""
+    return ",".join(str(c) for c in cpus[:threads])
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds every process on the machine has spent so far (``/proc/stat``), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    jiffies = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def flops_per_token(cell: str, num_hiddens: int, train: bool, vocab: int = VOCAB) -> int:
@@ -111,7 +140,8 @@ class Commands:
     """Command lines: rnn_jax workers (this script) and peers (torch_peers.py)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.pin = ["taskset", "-c", args.cpus] if args.cpus else []
+        cpus = args.cpus or threads_cpus(args.threads)
+        self.pin = ["taskset", "-c", cpus] if cpus else []
         self.threads: list[str] = []
         if args.threads:
             n = str(args.threads)
@@ -199,22 +229,28 @@ def show(argv: list[str]) -> str:
     return shlex.join(rel(a) for a in argv)
 
 
-def run_one(argv: list[str], timeout: float) -> tuple[dict[str, Any] | None, str, float]:
-    """Run a measuring subprocess; return its JSON line (or None), an error text, seconds."""
-    t0 = time.perf_counter()
+def run_one(argv: list[str], timeout: float) -> tuple[dict[str, Any] | None, str, dict]:
+    """Run a measuring subprocess; return its JSON line (or None), an error text, and its
+    ``process_s`` (wall), ``cores`` (its CPU time / wall) and ``other_cores`` (the CPU time
+    every other process on the machine took meanwhile / wall: the load it competed with)."""
+    t0, own0, all0 = time.perf_counter(), children_cpu_seconds(), busy_cpu_seconds()
     try:
         proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as err:
-        return None, str(err), time.perf_counter() - t0
+        return None, str(err), {"process_s": time.perf_counter() - t0}
     dt = time.perf_counter() - t0
+    own, all1 = children_cpu_seconds() - own0, busy_cpu_seconds()
+    cpu = {"process_s": dt, "cores": own / dt}
+    if all0 is not None and all1 is not None:  # this harness's own few ms are in "other"
+        cpu["other_cores"] = max(0.0, (all1 - all0 - own) / dt)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return None, f"exit {proc.returncode}: " + " | ".join(tail), dt
+        return None, f"exit {proc.returncode}: " + " | ".join(tail), cpu
     try:
-        return json.loads(lines[-1]), "", dt
+        return json.loads(lines[-1]), "", cpu
     except json.JSONDecodeError as err:
-        return None, f"bad JSON: {err}", dt
+        return None, f"bad JSON: {err}", cpu
 
 
 def measure(groups: list[Group], repeats: int, timeout: float, loads: list[float]) -> None:
@@ -226,8 +262,9 @@ def measure(groups: list[Group], repeats: int, timeout: float, loads: list[float
             impls = [i for i in g.impls if i.argv is not None]
             for impl in impls if r % 2 == 0 else impls[::-1]:
                 load = os.getloadavg()[0]
-                out, err, dt = run_one(impl.argv, timeout)
-                extra = {"process_s": dt, "load_1min": load}
+                out, err, cpu = run_one(impl.argv, timeout)
+                dt = cpu["process_s"]
+                extra = {**cpu, "load_1min": load}
                 g.raw.setdefault(impl.name, []).append({**(out or {"error": err}), **extra})
                 value = None if out is None or not g.key else out.get(g.key)
                 if value is not None:
@@ -272,8 +309,8 @@ def ratio(g: Group, impl: Impl) -> tuple[float | None, list[float]]:
 def throughput_table(groups: list[Group]) -> tuple[list[str], list[dict[str, Any]]]:
     lines = [
         "| Workload | Implementation | min | median | max | rnn_jax / impl: ratio of medians "
-        "(per-round range) | Command |",
-        "|---|---|---:|---:|---:|---|---|",
+        "(per-round range) | cores used | Command |",
+        "|---|---|---:|---:|---:|---|---:|---|",
     ]
     rows = []
     for g in groups:
@@ -290,10 +327,12 @@ def throughput_table(groups: list[Group]) -> tuple[list[str], list[dict[str, Any
                 cells = [fmt(st[k]) if st else "failed" for k in ("min", "median", "max")]
                 cmd = f"`{show(impl.argv)}`"
             rtext = "" if r is None else f"**{r:.2f}×** ({min(paired):.2f}–{max(paired):.2f})"
+            cores = [x["cores"] for x in g.raw.get(impl.name, []) if "cores" in x]
+            ctext = f"{statistics.median(cores):.2f}" if cores else ""
             lines.append(
                 f"| {g.title} [{g.unit}] | {impl.name} | "
                 + " | ".join(cells)
-                + f" | {rtext} | {cmd} |"
+                + f" | {rtext} | {ctext} | {cmd} |"
             )
             errors = [x["error"] for x in g.raw.get(impl.name, []) if "error" in x]
             rows.append(
@@ -306,12 +345,17 @@ def throughput_table(groups: list[Group]) -> tuple[list[str], list[dict[str, Any
                     "stats": st,
                     "ratio_of_medians": r,
                     "paired_ratios": paired,
+                    "cores_used": cores,
                     "errors": errors,
                     "note": g.note,
                 }
             )
     notes = [f"- {g.title}: {g.note}" for g in groups if g.note]
-    return lines + (["", *notes] if notes else []), rows
+    notes.append(
+        "- cores used: the process's CPU time over its wall time, startup included (the "
+        "single-threaded imports pull it toward 1)"
+    )
+    return [*lines, "", *notes], rows
 
 
 def compile_table(groups: list[Group]) -> tuple[list[str], dict[str, Any]]:
@@ -404,7 +448,37 @@ def roofline_tables(groups: list[Group]) -> tuple[list[str], dict[str, Any]]:
                 f"| {impl.name} | {g.title} | {f:,} | {fmt(statistics.median(xs))} | "
                 f"{gflops:.2f} | {fmt(pk)} | {fmt(sm)} |"
             )
-    return lines, {"matmul": rates, "peak_gflops": big, "small_gflops": small, "rows": out}
+    greedy_lines, greedy = greedy_floor(groups, rates)
+    data = {"matmul": rates, "peak_gflops": big, "small_gflops": small, "rows": out}
+    return [*lines, *greedy_lines], {**data, "greedy_b1": greedy}
+
+
+def greedy_floor(
+    groups: list[Group], rates: dict[str, dict[str, float]]
+) -> tuple[list[str], dict[str, Any]]:
+    """Batch-1 generation is bound by memory, not FLOPs: each char reads all of ``W_hh``
+    (1 MiB of float32) for one ``(1, 512) @ (512, 512)`` product. The chain's time per
+    product is the floor of any float32 sampler's time per char on this machine."""
+    rate = rates.get("jax_1x512x512_gflops")
+    g = next((g for g in groups if g.title.startswith("greedy gen B=1")), None)
+    if rate is None or g is None:
+        return [], {}
+    floor_us = 2 * 512 * 512 / (rate["max"] * 1e9) * 1e6
+    per_char = {name: 1e6 / statistics.median(xs) for name, xs in g.samples.items() if xs}
+    lines = [
+        "",
+        f"Greedy generation at batch 1 reads all of `W_hh` (1 MiB) for every char: the best "
+        f"`(1,512)@(512,512)` product above takes {floor_us:.2f} µs, the floor of a float32 "
+        "sampler's time per char here (the head, argmax and feedback come on top).",
+        "",
+        "| Implementation | µs per char (median) | × the floor | ceiling of any float32 "
+        "sampler's speedup over it |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, us in per_char.items():
+        bound = "" if name == "rnn_jax" else f"{us / floor_us:.2f}×"
+        lines.append(f"| {name} | {us:.2f} | {us / floor_us:.2f} | {bound} |")
+    return lines, {"floor_us": floor_us, "us_per_char": per_char}
 
 
 def e2e_table(g: Group) -> list[str]:
@@ -457,6 +531,13 @@ def environment(args: argparse.Namespace, groups: list[Group], loads: list[float
         "torch": peer.get("torch"),
         "torch_threads": peer.get("threads"),
         "loadavg_1min": loads,
+        "other_cores": [
+            x["other_cores"]
+            for g in groups
+            for xs in g.raw.values()
+            for x in xs
+            if "other_cores" in x
+        ],
         "repeats": args.repeats,
         "seconds": args.seconds,
         "argv": sys.argv[1:],
@@ -466,16 +547,28 @@ def environment(args: argparse.Namespace, groups: list[Group], loads: list[float
 def report(args: argparse.Namespace, groups: list[Group], env: dict, wall: float) -> None:
     jinfo = env["jax"]
     worker_env = ", ".join(f"{k}={v}" for k, v in jinfo.get("env", {}).items() if v)
-    busy = max(env["loadavg_1min"], default=0) > 0.5 * (env["nproc"] or 1)
+    others = env["other_cores"]
+    contention = (
+        f"- other processes' CPU load during the samples (cores): median "
+        f"{statistics.median(others):.2f}, max {max(others):.2f}"
+        + (
+            " (**busy machine**: other processes shared the cores)"
+            if max(others) > 0.25
+            else " (a quiet machine)"
+        )
+        if others
+        else "- other processes' CPU load: not measured (no /proc/stat)"
+    )
+    pinned = args.cpus or threads_cpus(args.threads)
     head = [
         "# rnn_jax vs PyTorch peers, same-run interleaved",
         "",
         f"- command: `{shlex.join(['.venv/bin/python', 'benchmarks/bench.py', *env['argv']])}`",
         f"- CPU: {env['cpu']}; nproc {env['nproc']}; CPUs in affinity {env['affinity']}"
-        + (f"; pinned with taskset -c {args.cpus}" if args.cpus else ""),
+        + (f"; every process pinned with taskset -c {pinned}" if pinned else ""),
         f"- threads: torch {env['torch_threads']} (torch.get_num_threads() in the peer); XLA "
-        f"CPU client {'single-threaded Eigen' if args.threads == 1 else 'default thread pool'} "
-        f"over {jinfo.get('affinity', '?')} CPUs; worker env: {worker_env or 'none set'}",
+        f"CPU client's default thread pool over the {jinfo.get('affinity', '?')} CPUs its "
+        f"process may use; worker env: {worker_env or 'none set'}",
         f"- jax {jinfo.get('jax', '?')}, numpy {jinfo.get('numpy', '?')}, python "
         f"{jinfo.get('python', '?')}; torch {env['torch']}",
         (
@@ -483,9 +576,10 @@ def report(args: argparse.Namespace, groups: list[Group], env: dict, wall: float
             if any(g.workload != "e2e" for g in groups)
             else "- the --e2e run only; "
         )
-        + "1-min load average at each round's (and the --e2e run's) start, and at the end: "
-        + ", ".join(f"{x:.1f}" for x in env["loadavg_1min"])
-        + (" (**busy machine**: other processes shared the cores)" if busy else ""),
+        + "1-min load average (the benchmark's own process included) at each round's (and "
+        "the --e2e run's) start, and at the end: "
+        + ", ".join(f"{x:.1f}" for x in env["loadavg_1min"]),
+        contention,
         f"- total wall time {wall / 60:.1f} min",
         "",
     ]
@@ -576,8 +670,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=0,
-        help="torch --threads N and OMP/MKL/OpenBLAS_NUM_THREADS=N for every subprocess; "
-        "N=1 also turns off XLA's multi-threaded Eigen (default 0: each library's default)",
+        help="pin every subprocess to N CPUs (taskset -c, the first N of the affinity mask) "
+        "and set torch --threads N and OMP/MKL/OpenBLAS_NUM_THREADS=N; N=1 also sets "
+        "XLA's one-thread flags, which its CPU client does not obey: the pinning is what "
+        "holds it (default 0: no pinning, each library's default threads)",
     )
     hidden = argparse.SUPPRESS
     ap.add_argument("--worker", choices=["train", "eval", "gen", "matmul", "e2e"], help=hidden)

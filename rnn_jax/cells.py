@@ -26,7 +26,13 @@ tests hold it equal to a Python loop of ``step``:
   second, ``(R_t * H_{t-1}) W_hh``: its candidate's matmul waits for the reset gate);
 * the backward pass (a custom VJP per cell) keeps only the gate algebra and the
   ``dA W_h^T`` matmul inside the reverse scan and computes the weight gradient as one
-  ``(H, T B) @ (T B, G H)`` matmul after it, rather than ``T`` outer products inside.
+  ``(H, T B) @ (T B, G H)`` matmul after it, rather than ``T`` outer products inside;
+* ``W_h^T`` is made once, before the reverse scan. Written inside it, XLA folds the
+  transpose into every step's product, and on CPU that product runs ~30% slower
+  (``(32, 1024) @ (1024, 256)``: 144 against 205 GFLOP/s on one core);
+* the LSTM's forward step also saves its local derivatives (what ``dA`` is per unit of
+  ``dc`` or ``dh``, ``dc/dh`` and ``dc_t/dc_{t-1}``), so the reverse step is two
+  multiply-adds, one product and the matmul, with no activation recomputed.
 
 The fused matrices are concatenated from the book-named parameters inside the jitted
 function, so the pytree keeps the book's names.
@@ -179,11 +185,12 @@ def _activation_fwd(nonlinearity, W_hh, XW, h0):
 def _activation_bwd(nonlinearity, residuals, cotangents):
     W_hh, Hs, h0 = residuals
     dHs, dh_T = cotangents
+    W_hh_T = W_hh.T  # made once, outside the reverse scan
 
     def step(dh, h_and_dh):
         h, dh_out = h_and_dh
         dz = (dh + dh_out) * _activation_grad(nonlinearity, h)
-        return dz @ W_hh.T, dz
+        return dz @ W_hh_T, dz
 
     dh0, dZ = jax.lax.scan(step, dh_T, (Hs, dHs), reverse=True)
     H_prev = jnp.concatenate([h0[None], Hs[:-1]])  # h_{t-1} for every t
@@ -232,14 +239,15 @@ def _gru_bwd(residuals, cotangents):
     W_hzr, W_hh, h0, Hs, Z, R, Cand = residuals
     dHs, dh_T = cotangents
     H_prev = jnp.concatenate([h0[None], Hs[:-1]])
+    W_hh_T, W_hzr_T = W_hh.T, W_hzr.T  # made once, outside the reverse scan
 
     def step(dh, xs):
         dh_out, h, z, r, cand = xs
         dh = dh + dh_out
         da_cand = dh * (1 - z) * (1 - cand * cand)
-        ds = da_cand @ W_hh.T  # through (r * h) W_hh
+        ds = da_cand @ W_hh_T  # through (r * h) W_hh
         da_zr = jnp.concatenate([dh * (h - cand) * z * (1 - z), ds * h * r * (1 - r)], axis=1)
-        dh_prev = dh * z + ds * r + da_zr @ W_hzr.T
+        dh_prev = dh * z + ds * r + da_zr @ W_hzr_T
         return dh_prev, (da_zr, da_cand)
 
     dh0, (dA_zr, dA_cand) = jax.lax.scan(step, dh_T, (dHs, H_prev, Z, R, Cand), reverse=True)
@@ -269,43 +277,38 @@ def _lstm_fwd(W_h, XW, state):
     H = state[0].shape[-1]
 
     def step(carry, xw):
-        h, c = carry
+        h, c_prev = carry
         a = xw + h @ W_h
         ifo = jax.nn.sigmoid(a[:, : 3 * H])
+        i, f, o = ifo[:, :H], ifo[:, H : 2 * H], ifo[:, 2 * H :]
         cand = jnp.tanh(a[:, 3 * H :])
-        c = ifo[:, H : 2 * H] * c + ifo[:, :H] * cand
-        h = ifo[:, 2 * H :] * jnp.tanh(c)
-        return (h, c), (h, c, jnp.concatenate([ifo, cand], axis=1))
+        c = f * c_prev + i * cand
+        tanh_c = jnp.tanh(c)
+        h = o * tanh_c
+        # The backward pass needs only these local derivatives: d(pre-activation) of the
+        # four gate blocks per unit of dc (i, f, candidate) or dh (o), and dc/dh, dc/dc_prev.
+        ifo_grad = ifo * (1 - ifo) * jnp.concatenate([cand, c_prev, tanh_c], axis=1)
+        jac = jnp.concatenate([ifo_grad, i * (1 - cand * cand)], axis=1)  # (B, 4H)
+        return (h, c), (h, jac, o * (1 - tanh_c * tanh_c), f)
 
-    state_T, (Hs, Cs, Gates) = jax.lax.scan(step, state, XW)
-    return (Hs, state_T), (W_h, state, Hs, Cs, Gates)
+    state_T, (Hs, Jac, dC_dH, F) = jax.lax.scan(step, state, XW)
+    return (Hs, state_T), (W_h, state[0], Hs, Jac, dC_dH, F)
 
 
 def _lstm_bwd(residuals, cotangents):
-    W_h, (h0, c0), Hs, Cs, Gates = residuals
+    W_h, h0, Hs, Jac, dC_dH, F = residuals
     dHs, (dh_T, dc_T) = cotangents
-    H = h0.shape[-1]
-    C_prev = jnp.concatenate([c0[None], Cs[:-1]])
+    W_h_T = W_h.T  # made once, outside the reverse scan
 
     def step(carry, xs):
         dh, dc = carry
-        dh_out, c, c_prev, gates = xs
-        i, f, o, cand = (gates[:, k * H : (k + 1) * H] for k in range(4))
+        dh_out, jac, dc_dh, f = xs
         dh = dh + dh_out
-        tanh_c = jnp.tanh(c)
-        dc = dc + dh * o * (1 - tanh_c * tanh_c)
-        da = jnp.concatenate(
-            [
-                dc * cand * i * (1 - i),
-                dc * c_prev * f * (1 - f),
-                dh * tanh_c * o * (1 - o),
-                dc * i * (1 - cand * cand),
-            ],
-            axis=1,
-        )
-        return (da @ W_h.T, dc * f), da
+        dc = dc + dh * dc_dh
+        da = jac * jnp.concatenate([dc, dc, dh, dc], axis=1)  # i, f, o, candidate blocks
+        return (da @ W_h_T, dc * f), da
 
-    (dh0, dc0), dA = jax.lax.scan(step, (dh_T, dc_T), (dHs, Cs, C_prev, Gates), reverse=True)
+    (dh0, dc0), dA = jax.lax.scan(step, (dh_T, dc_T), (dHs, Jac, dC_dH, F), reverse=True)
     H_prev = jnp.concatenate([h0[None], Hs[:-1]])
     return _sum_outer(H_prev, dA), dA, (dh0, dc0)
 
