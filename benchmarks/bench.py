@@ -1,11 +1,11 @@
 """Same-run benchmark of rnn_jax against its PyTorch peers, the D2L 9.5 char-RNN.
 
-    .venv/bin/python benchmarks/bench.py                 # 5 rounds, 2 s samples: ~11 min here
-    .venv/bin/python benchmarks/bench.py --quick         # 2 rounds, 1 s samples: ~3 min
-    .venv/bin/python benchmarks/bench.py --threads 1     # every process single-threaded: ~9 min
-    .venv/bin/python benchmarks/bench.py --only e2e --threads 1   # the 500-epoch book run: ~9 min
+    .venv/bin/python benchmarks/bench.py                 # 5 rounds, 2 s samples: 7.6 min here
+    .venv/bin/python benchmarks/bench.py --quick         # 2 rounds, 1 s samples: ~2 min
+    .venv/bin/python benchmarks/bench.py --threads 1     # every process on one pinned core: ~7 min
+    .venv/bin/python benchmarks/bench.py --only e2e --threads 1   # the 500-epoch book run: ~4.5 min
 
-"Here" is the shared 2-core AMD EPYC VM, with other jobs running. With default threads on
+"Here" is the 2-core AMD EPYC VM of the last run, quiet. With default threads on
 a busy machine the torch peers slow down 10-50x (OpenMP waits for descheduled threads) and
 ``--e2e`` takes far longer; see benchmarks/README.md, "Threads".
 

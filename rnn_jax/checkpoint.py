@@ -11,7 +11,8 @@ Each checkpoint has three items:
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so
 a process killed mid-save leaves the previous checkpoints intact. Saves are
-asynchronous; write errors surface in ``wait_until_finished``, which ``close`` calls.
+asynchronous; a write error surfaces as ``CheckpointWriteError`` at the next ``save``
+or at ``close``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ FORMAT = 1  # bump when the layout of the items changes
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unfinished, or does not match what is asked of it."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, permissions...); the ones written
+    before it are intact. Saves are asynchronous, so a failure surfaces at the next
+    ``save`` or at ``close``."""
 
 
 @dataclass(frozen=True)
@@ -139,16 +146,34 @@ def save(
         "params_spec": params_spec(host["params"]),
     }
     usable = metrics if metrics and metrics.get("val_ppl") is not None else None
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(host["params"]),
-            train=ocp.args.StandardSave(host["train"]),
-            meta=ocp.args.JsonSave(meta),
-        ),
-        metrics=usable,
-        force=True,
-    )
+    try:  # Orbax first waits for the previous save, and re-raises its error here
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(host["params"]),
+                train=ocp.args.StandardSave(host["train"]),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            metrics=usable,
+            force=True,
+        )
+    except Exception as err:
+        raise _write_error(manager, err) from err
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+    """Finish the pending saves and close ``manager``; ``CheckpointWriteError`` if one failed."""
+    try:
+        manager.wait_until_finished()
+        manager.close()
+    except Exception as err:
+        raise _write_error(manager, err) from err
+
+
+def _write_error(manager: ocp.CheckpointManager, err: Exception) -> CheckpointWriteError:
+    latest = manager.latest_step()
+    kept = "no earlier checkpoint" if latest is None else f"the latest good one is step {latest}"
+    return CheckpointWriteError(f"saving a checkpoint failed ({err}); {kept}")
 
 
 def read_meta(run_dir: Path, step: int | None = None) -> tuple[int, dict[str, Any]]:

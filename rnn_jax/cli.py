@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import logging
 import os
 import signal
 import sys
@@ -396,10 +397,14 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             if result.interrupted and int(result.state.step) not in manager.all_steps():
                 save(result.state, None)
         except loop.NonFiniteLossError as err:
-            _close(manager)
+            if not _close(manager):
+                return EXIT_FAILED
             latest = manager.latest_step()
             kept = f"; the last good checkpoint is step {latest}" if latest is not None else ""
             print(f"rnn-jax: error: {err}{kept}", file=sys.stderr)
+            return EXIT_FAILED
+        except checkpoint.CheckpointWriteError as err:
+            print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
             return EXIT_FAILED
         except BaseException:
             _close(manager)
@@ -430,14 +435,12 @@ def _flag_of(field: str) -> str:
 
 def _close(manager: Any) -> bool:
     """Finish pending writes and close; a write error becomes one line on stderr."""
+    from rnn_jax import checkpoint
+
     try:
-        manager.wait_until_finished()
-        manager.close()
-    except Exception as err:  # Orbax re-raises the background writer's error here
-        print(
-            f"rnn-jax: error: saving a checkpoint failed ({err}); earlier checkpoints are intact",
-            file=sys.stderr,
-        )
+        checkpoint.close(manager)
+    except checkpoint.CheckpointWriteError as err:
+        print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
         return False
     return True
 
@@ -539,7 +542,14 @@ def _quiet_logs() -> None:
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.ERROR)
+    absl.logging.get_absl_logger().addFilter(_drop_orbax_background_errors)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _drop_orbax_background_errors(record: logging.LogRecord) -> bool:
+    """Orbax logs a failed background write with its traceback, then re-raises the same
+    exception from ``wait_until_finished``, where ``_close`` reports it in one line."""
+    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
 if __name__ == "__main__":

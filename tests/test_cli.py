@@ -29,15 +29,24 @@ TINY = [
 ]  # fmt: skip
 
 
-def rnn_jax(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def rnn_jax(
+    *args: str, timeout: float = 120, max_file_bytes: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; ``max_file_bytes`` makes every larger file write fail as a full disk
+    would (RLIMIT_FSIZE with SIGXFSZ ignored, so the write returns EFBIG), set by a wrapper
+    that then execs the CLI (a ``preexec_fn`` would fork this multithreaded process)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-m", "rnn_jax", *args]
+    if max_file_bytes is not None:
+        limit = (
+            "import os, resource, signal, sys; "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes})); "
+            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+        )
+        command = [sys.executable, "-c", limit, *command[1:]]
     return subprocess.run(
-        [sys.executable, "-m", "rnn_jax", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
+        command, capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
 
 
@@ -219,6 +228,42 @@ for k in range(1, 1000):
     restored = checkpoint.restore(run_dir, step=steps_before[-1])
     assert restored.step == steps_before[-1]
     again = rnn_jax("sample", "--checkpoint", str(run_dir), "--step", str(steps_before[-1]))
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("epochs", [2, 3], ids=["last-save-fails", "mid-run-save-fails"])
+def test_failed_checkpoint_write_exits_1_and_keeps_the_last_good_one(
+    tmp_path: Path, epochs: int
+) -> None:
+    """A save that cannot be written (files over 256 KiB refused, as on a full disk) stops
+    the run with exit 1 and one error line naming the last good checkpoint, whether it
+    fails at the end (seen at close) or mid-run (seen at the next save); that checkpoint
+    is unchanged and still samples."""
+    run_dir = tmp_path / "run"
+    wide = [*TINY, "--num-hiddens", "512"]  # W_hh alone is 1 MiB
+    assert rnn_jax("train", "--out", str(run_dir), "--epochs", "1", *wide).returncode == 0
+    good = checkpoint.restore(run_dir).step
+    before = folder_digest(run_dir / "checkpoints" / str(good))
+    proc = rnn_jax(
+        "train", "--resume", str(run_dir), "--epochs", str(epochs), "--no-progress",
+        max_file_bytes=256 * 1024,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("rnn-jax: error: ") == 1, proc.stderr
+    ours = proc.stderr.split("rnn-jax: error: ")[1].split("\n")[0]
+    needles = ("saving a checkpoint failed", "File too large", f"latest good one is step {good}")
+    for needle in needles:
+        assert needle in ours, (needle, ours)
+    # No other error is reported. The one residue: tensorstore, from native threads, may
+    # print "Event loop is closed" tracebacks when Orbax has closed its event loop after
+    # the first failed write while the save's other writes were in flight (a race inside
+    # Orbax that the CLI cannot intercept; see the closing note of issue 5).
+    tracebacks = proc.stderr.count("Traceback (most recent call last):")
+    assert tracebacks == proc.stderr.count("RuntimeError: Event loop is closed"), proc.stderr
+    assert "ERROR:absl" not in proc.stderr, proc.stderr
+    assert checkpoint.restore(run_dir).step == good
+    assert folder_digest(run_dir / "checkpoints" / str(good)) == before
+    again = rnn_jax("sample", "--checkpoint", str(run_dir))
     assert again.returncode == 0, again.stderr
 
 
