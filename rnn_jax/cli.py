@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the latest K checkpoints (plus the best)",
     )
     run.add_argument(
+        "--eval-every",
+        type=int,
+        default=train_defaults.eval_every,
+        help="validation perplexity every N epochs (and at the end); 0 = never",
+    )
+    run.add_argument(
         "--sample-every",
         type=int,
         default=train_defaults.sample_every,
@@ -212,6 +218,7 @@ TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "theta": "theta",
     "epochs": "num_epochs",
     "seed": "seed",
+    "eval_every": "eval_every",
     "sample_every": "sample_every",
 }
 MODEL_FLAGS = {  # flag dest -> ModelConfig field
@@ -221,7 +228,7 @@ MODEL_FLAGS = {  # flag dest -> ModelConfig field
     "dropout": "dropout",
     "nonlinearity": "nonlinearity",
 }
-RESUMABLE = {"num_epochs", "sample_every"}  # what a resumed run may change
+RESUMABLE = {"num_epochs", "eval_every", "sample_every"}  # what a resumed run may change
 
 
 def _configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:

@@ -58,6 +58,7 @@ class TrainConfig:
     theta: float = 1.0  # gradient clipping threshold on the global norm
     num_epochs: int = 500  # passes over the training split
     seed: int = 0  # drives init, batch order and every PRNG key
+    eval_every: int = 1  # validation perplexity every this many epochs (and the last); 0 = never
     sample_every: int = 10  # print greedy continuations every this many epochs; 0 = never
     sample_prefix: str = "time traveller"  # prefix of those continuations
     num_preds: int = 50  # tokens each continuation predicts
@@ -76,8 +77,10 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not self.theta > 0:
             raise ValueError(f"theta must be positive, got {self.theta}")
-        if self.sample_every < 0:
-            raise ValueError(f"sample_every must be >= 0, got {self.sample_every}")
+        for name in ("eval_every", "sample_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
 def _positive(config: Any, *names: str) -> None:

@@ -117,9 +117,11 @@ def fit(
 ) -> FitResult:
     """Train from ``state`` (or a fresh one from ``config.seed``) to ``config.num_epochs``.
 
-    Per epoch: train and validation perplexity, tokens/s (warm: compilation is done
-    ahead of the loop and reported as ``compile_s``), the gradient's global norm before
-    clipping; greedy samples every ``config.sample_every`` epochs. With ``out_dir`` the
+    Per epoch: train perplexity, tokens/s (warm: compilation is done ahead of the loop
+    and reported as ``compile_s``), the gradient's global norm before clipping;
+    validation perplexity every ``config.eval_every`` epochs (``None`` in the other
+    records) and greedy samples every ``config.sample_every`` epochs, both also after the
+    last. With ``out_dir`` the
     records go to ``metrics.jsonl``, the curves to ``perplexity.png`` and the samples to
     ``samples.txt``. ``should_stop`` is polled after each step; when it answers True
     the loop returns at once with ``interrupted=True`` and a state that resumes exactly.
@@ -203,13 +205,11 @@ def fit(
             "grad_norm": float(grad_norm) / num_batches,
             "wall_s": train_s,
         }
-        if val_batches is not None:
+        if val_batches is not None and _due(config.eval_every, epoch, config.num_epochs):
             nll, count = evaluate(state.params, *val_batches)
             record["val_ppl"] = perplexity(nll, count)
         samples = None
-        if config.sample_every and (
-            (epoch + 1) % config.sample_every == 0 or epoch + 1 == config.num_epochs
-        ):
+        if _due(config.sample_every, epoch, config.num_epochs):
             samples = sample.predict(
                 config.sample_prefix,
                 config.num_preds,
@@ -237,6 +237,12 @@ def fit(
     bar.close()
     interrupted = interrupted and int(state.step) < total_steps  # a stop at the end is the end
     return FitResult(state=state, history=history, compile_s=compile_s, interrupted=interrupted)
+
+
+def _due(every: int, epoch: int, num_epochs: int) -> bool:
+    """Whether a task run every ``every`` epochs (0 = never) runs after 0-based ``epoch``;
+    it always runs after the last one."""
+    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == num_epochs)
 
 
 def write_run_config(out_dir: Path, model_config: ModelConfig, config: TrainConfig) -> None:

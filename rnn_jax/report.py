@@ -28,11 +28,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def plot_perplexity(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Train (and validation, when present) perplexity per epoch, log-scaled like the book's."""
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    epochs = [r["epoch"] for r in records]
     for key, label in (("train_ppl", "train"), ("val_ppl", "validation")):
-        values = [r.get(key) for r in records]
-        if any(v is not None and math.isfinite(v) for v in values):
-            ax.plot(epochs, [math.nan if v is None else v for v in values], label=label)
+        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+        if any(math.isfinite(v) for _, v in points):  # validation may skip epochs
+            ax.plot(*zip(*points, strict=True), label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")

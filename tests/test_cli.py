@@ -324,6 +324,7 @@ SAMPLE = ["sample", "--checkpoint", "{run}"]
         (["train", "--out", "{new}", "--num-steps", "-3"], "num_steps"),
         (["train", "--out", "{new}", "--num-hiddens", "0"], "num_hiddens"),
         (["train", "--out", "{new}", "--lr", "-1"], "lr must be positive"),
+        (["train", "--out", "{new}", "--eval-every", "-2"], "eval_every must be an integer >= 0"),
         (["train", "--out", "{run}/config.json/sub"], "cannot create run folder"),
     ],
 )  # fmt: skip

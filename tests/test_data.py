@@ -397,6 +397,8 @@ def test_model_config_refuses_bad_values(kwargs):
         ({"token": "byte"}, "token"),
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"sample_every": -1}, "sample_every"),
+        ({"eval_every": -1}, "eval_every"),
+        ({"eval_every": 1.5}, "eval_every"),
     ],
 )
 def test_train_config_refuses_bad_values(kwargs, match):

@@ -346,6 +346,38 @@ def test_fit_lowers_perplexity(trained_run, tiny_dataset):
     assert history[-1]["val_ppl"] < history[0]["val_ppl"]
 
 
+def test_fit_validates_every_eval_every_epochs_without_changing_training(
+    trained_run, tiny_model_config, tiny_dataset, tmp_path
+):
+    """eval_every=3 over 4 epochs: validation after epochs 3 and 4 (the last) only, with
+    the same numbers as validating every epoch, the same trained parameters, and a plot
+    that skips the gaps."""
+    every_epoch, _, config = trained_run
+    sparse = loop.fit(
+        tiny_model_config,
+        dataclasses.replace(config, eval_every=3),
+        tiny_dataset,
+        out_dir=tmp_path,
+        echo=lambda _: None,
+        progress=False,
+    )
+    assert [r["val_ppl"] is not None for r in sparse.history] == [False, False, True, True]
+    for dense, kept in zip(every_epoch.history, sparse.history, strict=True):
+        assert kept["train_ppl"] == dense["train_ppl"]
+        if kept["val_ppl"] is not None:
+            assert kept["val_ppl"] == dense["val_ppl"]
+    chex.assert_trees_all_equal(sparse.state.params, every_epoch.state.params)
+    assert (tmp_path / loop.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    never = loop.fit(
+        tiny_model_config,
+        dataclasses.replace(config, eval_every=0, num_epochs=1),
+        tiny_dataset,
+        echo=lambda _: None,
+        progress=False,
+    )
+    assert never.history[0]["val_ppl"] is None
+
+
 def test_fit_writes_run_folder(trained_run, tiny_model_config):
     """With out_dir: metrics.jsonl (one record per epoch), perplexity.png, samples.txt
     and config.json (which rebuilds both configs)."""
