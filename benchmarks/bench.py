@@ -140,8 +140,7 @@ class Commands:
     """Command lines: rnn_jax workers (this script) and peers (torch_peers.py)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        cpus = args.cpus or threads_cpus(args.threads)
-        self.pin = ["taskset", "-c", cpus] if cpus else []
+        self.pin = ["taskset", "-c", args.pin_cpus] if args.pin_cpus else []
         self.threads: list[str] = []
         if args.threads:
             n = str(args.threads)
@@ -559,13 +558,12 @@ def report(args: argparse.Namespace, groups: list[Group], env: dict, wall: float
         if others
         else "- other processes' CPU load: not measured (no /proc/stat)"
     )
-    pinned = args.cpus or threads_cpus(args.threads)
     head = [
         "# rnn_jax vs PyTorch peers, same-run interleaved",
         "",
         f"- command: `{shlex.join(['.venv/bin/python', 'benchmarks/bench.py', *env['argv']])}`",
         f"- CPU: {env['cpu']}; nproc {env['nproc']}; CPUs in affinity {env['affinity']}"
-        + (f"; every process pinned with taskset -c {pinned}" if pinned else ""),
+        + (f"; every process pinned with taskset -c {args.pin_cpus}" if args.pin_cpus else ""),
         f"- threads: torch {env['torch_threads']} (torch.get_num_threads() in the peer); XLA "
         f"CPU client's default thread pool over the {jinfo.get('affinity', '?')} CPUs its "
         f"process may use; worker env: {worker_env or 'none set'}",
@@ -688,6 +686,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.seconds = args.seconds or (1.0 if args.quick else 2.0)
     args.only = set(args.only.split(","))
+    args.pin_cpus = args.cpus or threads_cpus(args.threads)  # "" = no pinning
     args.e2e = args.e2e or "e2e" in args.only
     return args
 

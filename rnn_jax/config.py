@@ -77,17 +77,18 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not self.theta > 0:
             raise ValueError(f"theta must be positive, got {self.theta}")
-        for name in ("eval_every", "sample_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        _integers(self, ("eval_every", "sample_every"), minimum=0, what="an integer >= 0")
 
 
 def _positive(config: Any, *names: str) -> None:
+    _integers(config, names, minimum=1, what="a positive integer")
+
+
+def _integers(config: Any, names: tuple[str, ...], minimum: int, what: str) -> None:
     for name in names:
         value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

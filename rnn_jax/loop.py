@@ -121,10 +121,10 @@ def fit(
     and reported as ``compile_s``), the gradient's global norm before clipping;
     validation perplexity every ``config.eval_every`` epochs (``None`` in the other
     records) and greedy samples every ``config.sample_every`` epochs, both also after the
-    last. With ``out_dir`` the
-    records go to ``metrics.jsonl``, the curves to ``perplexity.png`` and the samples to
-    ``samples.txt``. ``should_stop`` is polled after each step; when it answers True
-    the loop returns at once with ``interrupted=True`` and a state that resumes exactly.
+    last. With ``out_dir`` the records go to ``metrics.jsonl``, the curves to
+    ``perplexity.png`` and the samples to ``samples.txt``. ``should_stop`` is polled after
+    each step; when it answers True the loop returns at once with ``interrupted=True``
+    and a state that resumes exactly.
     ``progress=None`` shows a progress bar only on a terminal.
     """
     if model_config.vocab_size != dataset.vocab_size:
