@@ -1,94 +1,297 @@
-"""Frozen configuration: what the model is, and how a run trains it.
+"""Frozen configuration: what the model is, how a run trains it, and where it runs.
 
-``ModelConfig`` is hashable and shapes the compiled functions (it is closed over by
-``jit``); ``TrainConfig`` describes one run. Both round-trip through plain dicts, so
-that a checkpoint's JSON alone can rebuild them. The defaults are the book's
-(D2L section 9.5: ``batch_size=32, num_steps=35, num_hiddens=512, lr=1, theta=1``,
-500 epochs on the first 10,000 character tokens of the Time Machine).
+Each field is described once, here: its type, default and help (``option``'s metadata).
+The command line (``rnn_jax.cli``) and config files (``load_file``) are derived from
+these dataclasses, so a new field is written in one place.
+
+* ``ModelConfig`` is hashable and shapes the compiled functions (it is closed over by
+  ``jit``); a checkpoint's JSON alone rebuilds it.
+* ``TrainConfig`` describes what one run computes: the data, the optimizer, the budget.
+  A resumed run may change only the fields marked ``resumable``.
+* ``RunConfig`` says how and where it runs (checkpoint cadence, devices, caches); it
+  never changes the numbers a run computes, so a resumed run may change all of it.
+
+The defaults are the book's (D2L section 9.5: ``batch_size=32, num_steps=35,
+num_hiddens=512, lr=1, theta=1``, 500 epochs on the first 10,000 character tokens of
+the Time Machine). Fields whose default depends on the corpus start as ``AUTO`` and are
+resolved when the config is made: ``preprocess`` is ``"book"`` for the shipped Time
+Machine and ``"raw"`` for a file the user names; ``max_tokens`` is the book's 10,000 for
+the shipped corpus and all tokens otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-
-from rnn_jax.data import PARTITIONS, TOKEN_KINDS
 
 CELLS = ("rnn", "gru", "lstm")
 NONLINEARITIES = ("tanh", "relu")  # of the rnn cell
+INITS = ("normal", "uniform")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+TOKEN_KINDS = ("char", "word")
+PARTITIONS = ("random", "sequential")
+PREPROCESSING = ("book", "raw")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "warmup-cosine", "linear")
+
+AUTO = "auto"  # a default resolved from the other fields when the config is made
+BOOK_MAX_TOKENS = 10_000  # the book's truncation of the Time Machine
+
+# Which optimizer hyperparameters apply to which optimizer, and their defaults there.
+OPTIMIZER_HYPERPARAMETERS: dict[str, dict[str, float]] = {
+    "sgd": {},
+    "momentum": {"momentum": 0.9},
+    "adam": {"b1": 0.9, "b2": 0.999},
+    "adamw": {"b1": 0.9, "b2": 0.999, "weight_decay": 1e-4},
+    "rmsprop": {"decay": 0.9, "momentum": 0.0},
+}
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    resumable: bool = False,
+    metavar: str | None = None,
+) -> Any:
+    """A dataclass field with what the CLI and config files need to know about it.
+
+    ``flag`` renames the command-line flag (default: ``--field-name``); ``resumable``
+    marks a ``TrainConfig`` field a resumed run may change.
+    """
+    meta = {"help": help, "flag": flag, "choices": choices, "resumable": resumable}
+    meta["metavar"] = metavar
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int  # V: size of the one-hot input and of the softmax
-    num_hiddens: int = 512  # H: width of the hidden state (of every layer)
-    cell: str = "rnn"  # "rnn" (D2L 9.5), "gru" (10.2) or "lstm" (10.1); see rnn_jax/cells.py
-    sigma: float = 0.01  # std of the normal init of the weights (biases start at 0)
-    num_layers: int = 1  # stacked layers, layer k fed layer k-1's outputs (D2L 10.3)
-    dropout: float = 0.0  # dropout on the outputs of all but the last layer, in training only
-    nonlinearity: str = "tanh"  # the rnn cell's activation: the book's "tanh", or "relu"
+    vocab_size: int = dataclasses.field(
+        metadata={"help": "V: size of the one-hot input and of the softmax (from the data)"}
+    )
+    num_hiddens: int = option(512, "H: width of the hidden state of every layer")
+    cell: str = option(
+        "rnn", "recurrent cell: rnn (D2L 9.5), gru (10.2), lstm (10.1)", choices=CELLS
+    )
+    num_layers: int = option(1, "stacked layers, layer k fed layer k-1's outputs (D2L 10.3)")
+    dropout: float = option(0.0, "dropout on the outputs of all but the last layer, training only")
+    nonlinearity: str = option("tanh", "activation of the rnn cell", choices=NONLINEARITIES)
+    init: str = option(
+        "normal",
+        "weight init: normal = the book's N(0, sigma^2); uniform = PyTorch's U(-1/sqrt(H), "
+        "1/sqrt(H)); biases start at 0 either way",
+        choices=INITS,
+    )
+    sigma: float = option(0.01, "std of the normal init of the weights")
+    compute_dtype: str = option(
+        "float32",
+        "dtype of the cells' forward and backward; parameters, optimizer state and "
+        "gradients stay float32, logits are cast to float32 before the softmax",
+        choices=COMPUTE_DTYPES,
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "vocab_size", "num_hiddens", "num_layers")
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
-        if not self.sigma > 0:
+        _choice(self, "cell", CELLS)
+        _choice(self, "nonlinearity", NONLINEARITIES)
+        _choice(self, "init", INITS)
+        _choice(self, "compute_dtype", COMPUTE_DTYPES)
+        if not (_is_real(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be positive, got {self.sigma}")
-        if not 0 <= self.dropout < 1:
+        if not (_is_real(self.dropout) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.nonlinearity not in NONLINEARITIES:
-            raise ValueError(
-                f"nonlinearity must be one of {NONLINEARITIES}, got {self.nonlinearity!r}"
-            )
         if self.nonlinearity != "tanh" and self.cell != "rnn":
             raise ValueError(f"nonlinearity applies to the rnn cell only, not {self.cell!r}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    corpus: str | None = None  # UTF-8 text file; None = the shipped Time Machine
-    token: str = "char"  # "char" or "word" tokens
-    max_tokens: int | None = 10_000  # truncate the corpus as the book does; None = all
-    val_fraction: float = 0.1  # tail of the corpus held out for validation; 0 = none
-    batch_size: int = 32  # B: parallel streams per minibatch
-    num_steps: int = 35  # T: tokens per minibatch row (truncated-BPTT window)
-    partition: str = "sequential"  # "sequential" carries the hidden state; "random" resets it
-    lr: float = 1.0  # SGD learning rate
-    theta: float = 1.0  # gradient clipping threshold on the global norm
-    num_epochs: int = 500  # passes over the training split
-    seed: int = 0  # drives init, batch order and every PRNG key
-    eval_every: int = 1  # validation perplexity every this many epochs (and the last); 0 = never
-    sample_every: int = 10  # print greedy continuations every this many epochs; 0 = never
-    sample_prefix: str = "time traveller"  # prefix of those continuations
-    num_preds: int = 50  # tokens each continuation predicts
+    # data
+    corpus: str | None = option(None, "UTF-8 text file; none = the shipped Time Machine")
+    preprocess: str = option(
+        AUTO,
+        "book: runs of non-letters -> one space, lowercase (the book's); raw: every "
+        "character as in the file (\\r\\n read as \\n); auto: book for the shipped "
+        "corpus, raw for yours",
+        choices=(*PREPROCESSING, AUTO),
+    )
+    token: str = option(
+        "char", "token kind: characters, or whitespace-separated words", choices=TOKEN_KINDS
+    )
+    min_freq: int = option(0, "word tokens seen fewer times map to <unk>")
+    max_tokens: int | str | None = option(
+        AUTO,
+        "use the first N tokens; 0 or none = all; auto: the book's 10,000 for the shipped "
+        "corpus, all for yours",
+    )
+    val_fraction: float = option(0.1, "tail of the corpus held out for validation; 0 = none")
+    batch_size: int = option(32, "B: parallel streams per minibatch")
+    num_steps: int = option(35, "T: tokens per stream per minibatch (the truncated-BPTT window)")
+    partition: str = option(
+        "sequential",
+        "sequential carries the hidden state across minibatches; random resets it",
+        choices=PARTITIONS,
+    )
+    # optimisation
+    optimizer: str = option(
+        "sgd", "optax optimizer, always after clip_by_global_norm(theta)", choices=OPTIMIZERS
+    )
+    lr: float = option(1.0, "peak learning rate")
+    schedule: str = option(
+        "constant",
+        "learning-rate schedule over the step budget (warmup-cosine: linear warmup, then cosine)",
+        choices=SCHEDULES,
+    )
+    warmup_steps: int = option(0, "steps of linear warmup (warmup-cosine)")
+    momentum: float | None = option(None, "momentum (momentum: 0.9, rmsprop: 0)")
+    b1: float | None = option(None, "Adam's first-moment decay (adam, adamw: 0.9)")
+    b2: float | None = option(None, "Adam's second-moment decay (adam, adamw: 0.999)")
+    decay: float | None = option(None, "RMSprop's decay of the squared gradient (rmsprop: 0.9)")
+    weight_decay: float | None = option(None, "decoupled weight decay (adamw: 1e-4)")
+    theta: float = option(1.0, "gradient clipping threshold on the global norm")
+    # budget
+    num_epochs: int = option(500, "passes over the training split", flag="--epochs", resumable=True)
+    max_steps: int | None = option(
+        None, "stop after N optimizer steps in all (before --epochs if sooner)", resumable=True
+    )
+    seed: int = option(0, "PRNG seed: init, batch order and every key")
+    # what the loop reports
+    eval_every: int = option(
+        1, "validation perplexity every N epochs (and at the end); 0 = never", resumable=True
+    )
+    eval_every_steps: int = option(
+        0, "validation perplexity every N steps as well; 0 = never", resumable=True
+    )
+    eval_tokens: int | None = option(
+        None, "validate on the first N tokens of the validation split; none = all", resumable=True
+    )
+    sample_every: int = option(
+        10, "greedy samples every N epochs (and at the end); 0 = never", resumable=True
+    )
+    sample_prefix: tuple[str, ...] | None = option(
+        None,
+        "prefix of those samples (repeat the flag for several); default: 'time traveller' "
+        "for the shipped corpus, the first tokens of the validation split for yours",
+        resumable=True,
+        metavar="TEXT",
+    )
+    num_preds: int = option(50, "tokens each sample predicts", resumable=True)
 
     def __post_init__(self) -> None:
+        shipped = self.corpus is None
+        if self.preprocess == AUTO:
+            object.__setattr__(self, "preprocess", "book" if shipped else "raw")
+        if self.max_tokens == AUTO:
+            object.__setattr__(self, "max_tokens", BOOK_MAX_TOKENS if shipped else None)
+        elif self.max_tokens == 0:
+            object.__setattr__(self, "max_tokens", None)
+        if isinstance(self.sample_prefix, str):
+            object.__setattr__(self, "sample_prefix", (self.sample_prefix,))
+        elif self.sample_prefix is not None:
+            object.__setattr__(self, "sample_prefix", tuple(self.sample_prefix))
+        elif shipped:
+            object.__setattr__(self, "sample_prefix", ("time traveller",))
+        for name, default in OPTIMIZER_HYPERPARAMETERS.get(self.optimizer, {}).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+
         _positive(self, "batch_size", "num_steps", "num_epochs", "num_preds")
-        if self.max_tokens is not None:
-            _positive(self, "max_tokens")
-        if self.token not in TOKEN_KINDS:
-            raise ValueError(f"token must be one of {TOKEN_KINDS}, got {self.token!r}")
-        if self.partition not in PARTITIONS:
-            raise ValueError(f"partition must be one of {PARTITIONS}, got {self.partition!r}")
-        if not 0 <= self.val_fraction < 1:
+        _positive(self, "max_tokens", "max_steps", "eval_tokens", optional=True)
+        _integers(self, ("eval_every", "eval_every_steps", "sample_every", "warmup_steps"), 0)
+        _integers(self, ("min_freq",), 0)
+        _integers(self, ("seed",), 0, maximum=2**32 - 1)
+        _choice(self, "preprocess", PREPROCESSING)
+        _choice(self, "token", TOKEN_KINDS)
+        _choice(self, "partition", PARTITIONS)
+        _choice(self, "optimizer", OPTIMIZERS)
+        _choice(self, "schedule", SCHEDULES)
+        if not (_is_real(self.val_fraction) and 0 <= self.val_fraction < 1):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not self.theta > 0:
-            raise ValueError(f"theta must be positive, got {self.theta}")
-        _integers(self, ("eval_every", "sample_every"), minimum=0, what="an integer >= 0")
+        for name in ("lr", "theta"):
+            value = getattr(self, name)
+            if not (_is_real(value) and 0 < value < math.inf):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        applies = OPTIMIZER_HYPERPARAMETERS[self.optimizer]
+        for name in ("momentum", "b1", "b2", "decay", "weight_decay"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name not in applies:
+                users = [o for o, hp in OPTIMIZER_HYPERPARAMETERS.items() if name in hp]
+                raise ValueError(
+                    f"{name} does not apply to optimizer {self.optimizer!r} (only to "
+                    f"{', '.join(users)})"
+                )
+            upper = math.inf if name == "weight_decay" else 1
+            if not (_is_real(value) and 0 <= value < upper):
+                raise ValueError(f"{name} must be in [0, {upper}), got {value}")
+        if self.warmup_steps and self.schedule != "warmup-cosine":
+            raise ValueError(
+                f"warmup_steps applies to schedule 'warmup-cosine' only, not {self.schedule!r}"
+            )
+        if self.sample_prefix is not None and not all(self.sample_prefix):
+            raise ValueError("a sample prefix must hold at least one character")
 
 
-def _positive(config: Any, *names: str) -> None:
-    _integers(config, names, minimum=1, what="a positive integer")
+@dataclass(frozen=True)
+class RunConfig:
+    """How and where a run executes; a resumed run may change any of it."""
+
+    save_every: int = option(10, "checkpoint every N epochs (and at the end)")
+    save_every_steps: int = option(0, "checkpoint every N steps as well; 0 = never")
+    keep: int = option(3, "keep the latest K checkpoints (plus the best)")
+    devices: int | None = option(
+        None, "devices to shard the batch over; none = all local devices of the default backend"
+    )
+    cache_dir: str | None = option(
+        None, "token cache folder; none = $XDG_CACHE_HOME/rnn_jax or ~/.cache/rnn_jax"
+    )
+    tensorboard: bool = option(True, "write TensorBoard event files into the run folder")
+
+    def __post_init__(self) -> None:
+        _positive(self, "save_every", "keep")
+        _integers(self, ("save_every_steps",), 0)
+        _positive(self, "devices", optional=True)
 
 
-def _integers(config: Any, names: tuple[str, ...], minimum: int, what: str) -> None:
+# --------------------------------------------------------------------------- checks
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive(config: Any, *names: str, optional: bool = False) -> None:
+    for name in names:
+        if optional and getattr(config, name) is None:
+            continue
+        _integers(config, (name,), 1)
+
+
+def _integers(config: Any, names: tuple[str, ...], minimum: int, maximum: int = 2**31 - 1) -> None:
     for name in names:
         value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{name} must be {what}, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise ValueError(f"{name} must be {what} (at most {maximum:,}), got {value!r}")
+
+
+# --------------------------------------------------------------------------- dicts, files
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -96,9 +299,64 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild ``cls`` from ``data``, refusing fields it does not have."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    """Rebuild ``cls`` from ``data`` (JSON lists become tuples), refusing fields it does
+    not have."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    return cls(**data)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "run": RunConfig}
+
+
+def load_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a JSON or TOML config file: sections ``model``, ``train``, ``run`` (a run's
+    ``config.json`` is one; its ``run_info`` and other sections are ignored) of fields
+    by name. Unknown sections' fields are not checked; unknown fields of the known
+    sections raise ``ValueError`` naming the key and the file."""
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as err:
+        raise ValueError(f"cannot read config file {path}: {err.strerror or err}") from None
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"config file {path} is not valid {path.suffix[1:] or 'JSON'}: {err}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {path} must hold a table of sections")
+    sections: dict[str, dict[str, Any]] = {}
+    for name, cls in SECTIONS.items():
+        values = raw.get(name, {})
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path}: section {name!r} must be a table")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in fields:
+                raise ValueError(f"config file {path}: unknown key {name}.{key}")
+        sections[name] = dict(values)
+    unknown = sorted(set(raw) - set(SECTIONS) - {"run_info", "sweep"})
+    if unknown:
+        raise ValueError(f"config file {path}: unknown section {unknown[0]!r}")
+    return sections
+
+
+def field_type(cls: type, name: str) -> tuple[type, bool]:
+    """``(scalar type, optional)`` of a field: ``int | None`` is ``(int, True)``; a tuple
+    of strings is ``(tuple, ...)``."""
+    hint = typing.get_type_hints(cls)[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        scalars = [a for a in args if a is not type(None) and a is not str] or [str]
+        base = scalars[0]
+    else:
+        base = hint
+    if typing.get_origin(base) is tuple:
+        base = tuple
+    return base, optional

@@ -211,7 +211,7 @@ def fit(
         samples = None
         if _due(config.sample_every, epoch, config.num_epochs):
             samples = sample.predict(
-                config.sample_prefix,
+                list(config.sample_prefix),
                 config.num_preds,
                 model_config,
                 state.params,
@@ -222,12 +222,14 @@ def fit(
         bar.set_postfix(ppl=f"{record['train_ppl']:.2f}", tok_s=f"{record['tokens_per_s']:.0f}")
         if samples is not None:
             echo(_format_record(record))
-            echo(f"  {samples!r}")
+            for text in samples:
+                echo(f"  {text!r}")
         if out_dir is not None:
             report.append_jsonl(out_dir / METRICS, record)
             if samples is not None:
                 with (out_dir / SAMPLES).open("a", encoding="utf-8") as f:
-                    f.write(f"epoch {epoch + 1}\t{samples}\n")
+                    for text in samples:
+                        f.write(f"epoch {epoch + 1}\t{text}\n")
             if samples is not None or epoch + 1 == config.num_epochs:
                 report.plot_perplexity(report.read_jsonl(out_dir / METRICS), out_dir / PLOT)
         if on_epoch_end is not None:

@@ -46,14 +46,19 @@ def test_predict_returns_prefix_and_continuation(trained_run, tiny_dataset, tiny
     """predict: each prefix followed by num_preds tokens, the greedy ids decoded."""
     result, _, config = trained_run
     params, vocab = result.state.params, tiny_dataset.vocab
-    text = sample.predict(config.sample_prefix, config.num_preds, tiny_model_config, params, vocab)
-    assert isinstance(text, str)
-    assert text.startswith(config.sample_prefix)
-    assert len(text) == len(config.sample_prefix) + config.num_preds
-    ids = sample.greedy(
-        tiny_model_config, params, data.encode(config.sample_prefix, vocab)[None], config.num_preds
+    text = sample.predict(
+        config.sample_prefix[0], config.num_preds, tiny_model_config, params, vocab
     )
-    assert text[len(config.sample_prefix) :] == data.decode(np.asarray(ids)[0], vocab)
+    assert isinstance(text, str)
+    assert text.startswith(config.sample_prefix[0])
+    assert len(text) == len(config.sample_prefix[0]) + config.num_preds
+    ids = sample.greedy(
+        tiny_model_config,
+        params,
+        data.encode(config.sample_prefix[0], vocab)[None],
+        config.num_preds,
+    )
+    assert text[len(config.sample_prefix[0]) :] == data.decode(np.asarray(ids)[0], vocab)
 
     prefixes = ["time ", "the m", "trave"]
     texts = sample.predict(prefixes, NUM_PREDS, tiny_model_config, params, vocab)
@@ -71,9 +76,9 @@ def test_trained_continuation_uses_only_vocab_tokens(trained_run, tiny_dataset, 
     result, _, config = trained_run
     vocab = tiny_dataset.vocab
     text = sample.predict(
-        config.sample_prefix, config.num_preds, tiny_model_config, result.state.params, vocab
+        config.sample_prefix[0], config.num_preds, tiny_model_config, result.state.params, vocab
     )
-    continuation = text[len(config.sample_prefix) :]
+    continuation = text[len(config.sample_prefix[0]) :]
     assert len(continuation) == config.num_preds
     assert set(continuation) <= set("abcdefghijklmnopqrstuvwxyz ")
     ids = vocab[list(continuation)]

@@ -392,8 +392,8 @@ def test_fit_writes_run_folder(trained_run, tiny_model_config):
     assert len(lines) == 1  # sample_every == num_epochs: once, at the end
     epoch, text = lines[0].split("\t")
     assert epoch == f"epoch {config.num_epochs}"
-    assert text.startswith(config.sample_prefix)
-    assert len(text) == len(config.sample_prefix) + config.num_preds
+    assert text.startswith(config.sample_prefix[0])
+    assert len(text) == len(config.sample_prefix[0]) + config.num_preds
     payload = json.loads((out_dir / loop.RUN_CONFIG).read_text())
     assert config_lib.from_dict(ModelConfig, payload["model"]) == tiny_model_config
     assert config_lib.from_dict(TrainConfig, payload["train"]) == config
