@@ -71,6 +71,8 @@ class Restored:
     vocab: Vocab
     params: model.Params
     state: TrainState | None  # the full train state, when restored to resume
+    corpus: dict | None = None
+    extra: dict | None = None
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -117,6 +119,8 @@ def save(
     train_config: TrainConfig,
     vocab: Vocab,
     metrics: dict[str, float] | None = None,
+    corpus: dict | None = None,
+    extra: dict | None = None,
 ) -> None:
     """Queue an asynchronous save of ``state`` at its step.
 
@@ -144,6 +148,8 @@ def save(
         "train": to_dict(train_config),
         "vocab": json.loads(vocab.to_json()),
         "params_spec": params_spec(host["params"]),
+        "corpus": corpus,
+        "extra": extra,
     }
     usable = metrics if metrics and metrics.get("val_ppl") is not None else None
     try:  # Orbax first waits for the previous save, and re-raises its error here
@@ -211,7 +217,7 @@ def restore(
                 f"checkpoint {step} of {run_dir} has format {meta.get('format')}, expected {FORMAT}"
             )
         model_config = from_dict(ModelConfig, meta["model"])
-        train_config = from_dict(TrainConfig, meta["train"])
+        train_config = from_dict(TrainConfig, {"preprocess": "book", **meta["train"]})
         vocab = Vocab.from_json(json.dumps(meta["vocab"]))
         if expect_model is not None:
             _compare("model", to_dict(model_config), to_dict(expect_model))
@@ -258,6 +264,8 @@ def restore(
         vocab=vocab,
         params=restored["params"],
         state=state,
+        corpus=meta.get("corpus"),
+        extra=meta.get("extra"),
     )
 
 
@@ -292,3 +300,20 @@ def _compare(what: str, saved: dict[str, Any], expected: dict[str, Any]) -> None
                 f"checkpoint {what} mismatch in {field!r}: saved {saved.get(field)!r}, "
                 f"expected {expected.get(field)!r}"
             )
+
+
+# shims
+def has_checkpoints(run_dir) -> bool:
+    d = checkpoint_dir(run_dir)
+    return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+
+def steps_after(run_dir, step):
+    d = checkpoint_dir(run_dir)
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and int(p.name) > step)
+
+
+def drop_steps_from(manager, run_dir, step):
+    for s in manager.all_steps():
+        if s >= step:
+            manager.delete(s)

@@ -1,526 +1,372 @@
-"""``rnn-jax train | eval | sample``: the command line, a thin layer over the library.
+"""``rnn-jax train | eval | sample | info``: the command line, a thin parser over the library.
 
-The CLI only parses flags into the frozen configs and calls the library. Bad input
-gets one line on stderr and exit status 2; a training loss that turns NaN or a failed
-checkpoint write exits 1; SIGINT and SIGTERM save a resumable checkpoint and exit
-130 and 143. No path writes or overwrites a finished checkpoint it should not.
+The flags of ``train`` are derived from the frozen configs (``rnn_jax.config``: each
+field's type, default and help are written once there); ``--config FILE`` reads the same
+fields from a JSON or TOML file, and flags override it. The run's life cycle (folder,
+lock, resume, checks, saves, report) is ``rnn_jax.run``; this module only parses.
+
+Bad input gets one line on stderr and exit status 2 and changes nothing on disk; a run
+that fails (a NaN loss, a write that fails) exits 1 naming its last good checkpoint;
+SIGINT, SIGTERM and SIGHUP save a resumable checkpoint and exit 130, 143 and 129.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
 import logging
+import math
 import os
-import signal
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-LOCK = ".lock"
 
 
 class UsageError(ValueError):
     """Input the user must change; reported as one line, exit status 2."""
 
 
-# ------------------------------------------------------------------------- parsers
+class _Parser(argparse.ArgumentParser):
+    """argparse with exact flags only (no abbreviations) and one-line errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# ------------------------------------------------------------------------- derived flags
+
+
+def flag_name(cls: type, name: str) -> str:
+    """The command-line flag of config field ``name`` (``--num-hiddens``)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def parse_value(cls: type, name: str, text: str) -> Any:
+    """One flag's text -> the field's value (``none`` for optional fields)."""
+    from rnn_jax.config import AUTO, field_type
+
+    base, optional = field_type(cls, name)
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    lowered = text.strip().lower()
+    if optional and lowered in ("none", "null"):
+        return None
+    if default == AUTO and lowered == AUTO:
+        return AUTO
+    try:
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+    except ValueError:
+        kind = "an integer" if base is int else "a number"
+        raise UsageError(f"{flag_name(cls, name)} must be {kind}, got {text!r}") from None
+    return text
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()
+) -> None:
+    """One flag per field of ``cls``, its help and default taken from the field.
+
+    Defaults are left out of the namespace (``SUPPRESS``), so what the user typed can be
+    told from what the config supplies.
+    """
+    from rnn_jax.config import field_type
+
+    titles = {
+        "ModelConfig": "model",
+        "TrainConfig": "data, optimisation, budget",
+        "RunConfig": "run",
+    }
+    group = parser.add_argument_group(f"{titles.get(cls.__name__, cls.__name__)} ({cls.__name__})")
+    for field in dataclasses.fields(cls):
+        if field.name in exclude or "help" not in field.metadata:
+            continue
+        meta = field.metadata
+        default = field.default
+        shown = "none" if default is None else default
+        help_text = f"{meta['help']} (default: {shown})"
+        base, _ = field_type(cls, field.name)
+        kwargs: dict[str, Any] = {
+            "dest": f"{cls.__name__}.{field.name}",
+            "default": argparse.SUPPRESS,
+            "help": help_text.replace("%", "%%"),
+        }
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif base is tuple:
+            kwargs["action"] = "append"
+            kwargs["metavar"] = meta.get("metavar") or "TEXT"
+        else:
+            kwargs["type"] = str
+            choices = meta.get("choices")
+            plain = {int: "N", float: "X"}.get(base, "TEXT")
+            kwargs["metavar"] = meta.get("metavar") or (
+                "{" + ",".join(choices) + "}" if choices else plain
+            )
+        group.add_argument(flag_name(cls, field.name), **kwargs)
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` the user set on the command line, parsed."""
+    prefix = f"{cls.__name__}."
+    values = {}
+    for dest, value in vars(args).items():
+        if dest.startswith(prefix):
+            name = dest[len(prefix) :]
+            values[name] = value if not isinstance(value, str) else parse_value(cls, name, value)
+    return values
+
+
+# ------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rnn_jax.checkpoint import CheckpointConfig
-    from rnn_jax.config import CELLS, NONLINEARITIES, TrainConfig
+    from rnn_jax.config import ModelConfig, RunConfig, TrainConfig
     from rnn_jax.sample import STRATEGIES
 
-    train_defaults, ckpt_defaults = TrainConfig(), CheckpointConfig()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rnn-jax",
-        description="Train, evaluate and sample the book's recurrent language models.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train, evaluate, sample and inspect the book's recurrent language models.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser(
-        "train", help="train a model into a run folder", formatter_class=fmt
+        "train",
+        help="train a model into a run folder",
+        description="Train a model into a run folder. Every option below is a field of "
+        "rnn_jax.config; --config FILE sets them from a JSON or TOML file and flags override it.",
     )
-    data = train.add_argument_group("data")
-    data.add_argument(
-        "--corpus",
+    where = train.add_argument_group("run folder")
+    where.add_argument("--out", type=Path, help="new run folder (default: runs/<cell>-<time>)")
+    where.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    where.add_argument(
+        "--step",
+        metavar="N",
+        help="with --resume: continue from checkpoint N (or best, latest) rather than the "
+        "latest; the later checkpoints are kept until the resumed run passes them",
+    )
+    where.add_argument(
+        "--config",
         type=Path,
-        default=None,
-        help="UTF-8 text file (default: the shipped Time Machine)",
+        metavar="FILE",
+        help="JSON or TOML file with model/train/run sections (a run's config.json is one)",
     )
-    data.add_argument(
-        "--token", choices=("char", "word"), default=train_defaults.token, help="token kind"
+    where.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep = train.add_argument_group("seeds")
+    sweep.add_argument(
+        "--seeds",
+        metavar="S,S,...",
+        help="train one member per seed together; each gets its own subfolder",
     )
-    data.add_argument(
-        "--max-tokens",
-        type=int,
-        default=train_defaults.max_tokens,
-        help="use the first N tokens; 0 = all",
+    sweep.add_argument(
+        "--sweep",
+        choices=("vmap", "loop"),
+        help="members as one vmapped step or one after another (default: the faster here)",
     )
-    data.add_argument(
-        "--val-fraction",
-        type=float,
-        default=train_defaults.val_fraction,
-        help="tail held out for validation",
-    )
-    data.add_argument(
-        "--partition",
-        choices=("random", "sequential"),
-        default=train_defaults.partition,
-        help="minibatch partition",
-    )
-    data.add_argument(
-        "--batch-size", type=int, default=train_defaults.batch_size, help="B, streams per minibatch"
-    )
-    data.add_argument(
-        "--num-steps",
-        type=int,
-        default=train_defaults.num_steps,
-        help="T, tokens per stream per minibatch",
-    )
-    net = train.add_argument_group("model")
-    net.add_argument("--cell", choices=CELLS, default="rnn", help="recurrent cell")
-    net.add_argument("--num-hiddens", type=int, default=512, help="H, hidden units per layer")
-    net.add_argument("--num-layers", type=int, default=1, help="stacked recurrent layers")
-    net.add_argument(
-        "--dropout", type=float, default=0.0, help="dropout between layers, training only"
-    )
-    net.add_argument(
-        "--nonlinearity", choices=NONLINEARITIES, default="tanh", help="activation of the rnn cell"
-    )
-    opt = train.add_argument_group("optimisation")
-    opt.add_argument("--lr", type=float, default=train_defaults.lr, help="SGD learning rate")
-    opt.add_argument(
-        "--theta", type=float, default=train_defaults.theta, help="gradient clipping global norm"
-    )
-    opt.add_argument(
-        "--epochs", type=int, default=train_defaults.num_epochs, help="epochs to train in all"
-    )
-    opt.add_argument(
-        "--seed", type=int, default=train_defaults.seed, help="PRNG seed for init, batches and keys"
-    )
-    run = train.add_argument_group("run folder")
-    run.add_argument(
-        "--out", type=Path, default=None, help="new run folder (default: runs/<cell>-<time>)"
-    )
-    run.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its latest checkpoint",
-    )
-    run.add_argument(
-        "--save-every",
-        type=int,
-        default=ckpt_defaults.save_every,
-        help="checkpoint every N epochs (and at the end)",
-    )
-    run.add_argument(
-        "--keep",
-        type=int,
-        default=ckpt_defaults.keep,
-        help="keep the latest K checkpoints (plus the best)",
-    )
-    run.add_argument(
-        "--eval-every",
-        type=int,
-        default=train_defaults.eval_every,
-        help="validation perplexity every N epochs (and at the end); 0 = never",
-    )
-    run.add_argument(
-        "--sample-every",
-        type=int,
-        default=train_defaults.sample_every,
-        help="print greedy samples every N epochs; 0 = never",
-    )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    hosts = train.add_argument_group("hosts (jax.distributed)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    hosts.add_argument("--num-processes", type=str, metavar="P", help="processes in all")
+    hosts.add_argument("--process-id", type=str, metavar="I", help="this process, 0..P-1")
+    add_config_flags(train, ModelConfig, exclude=("vocab_size",))
+    add_config_flags(train, TrainConfig)
+    add_config_flags(train, RunConfig)
 
-    ev = commands.add_parser(
-        "eval", help="perplexity of a checkpoint on held-out text", formatter_class=fmt
-    )
+    ev = commands.add_parser("eval", help="perplexity of a checkpoint on held-out text")
+    ev.add_argument("--checkpoint", type=Path, required=True, metavar="RUN_DIR", help="run folder")
     ev.add_argument(
-        "--checkpoint", type=Path, required=True, metavar="RUN_DIR", help="run folder to restore"
+        "--corpus", type=Path, help="text to score (default: the run's validation split)"
     )
+    ev.add_argument("--step", metavar="N", help="checkpoint: N, best or latest (default: latest)")
     ev.add_argument(
-        "--corpus",
-        type=Path,
-        default=None,
-        help="text to score (default: the run's validation split)",
+        "--eval-tokens", metavar="N", help="score only the first N tokens (default: all)"
     )
-    ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
 
-    sample = commands.add_parser(
-        "sample", help="continue prefixes with a checkpoint", formatter_class=fmt
-    )
+    sample = commands.add_parser("sample", help="continue prefixes with a checkpoint")
     sample.add_argument(
-        "--checkpoint", type=Path, required=True, metavar="RUN_DIR", help="run folder to restore"
+        "--checkpoint", type=Path, required=True, metavar="RUN_DIR", help="run folder"
     )
     sample.add_argument(
         "--prefix",
         action="append",
-        default=None,
-        help="text to continue; repeat for a batch (default: 'time traveller')",
+        help="text to continue; repeat for several, of any lengths (default: the run's "
+        "sample prefixes)",
     )
     sample.add_argument(
-        "--num-chars", type=int, default=100, help="tokens to generate after each prefix"
+        "--num-chars",
+        type=str,
+        default="100",
+        metavar="N",
+        help="tokens generated after each prefix (default: 100)",
     )
     sample.add_argument(
-        "--step", type=int, default=None, help="checkpoint step (default: the latest)"
+        "--step", metavar="N", help="checkpoint: N, best or latest (default: latest)"
     )
     decode = sample.add_argument_group("decoding")
     decode.add_argument(
-        "--strategy", choices=STRATEGIES, default="greedy", help="how each token is chosen"
+        "--strategy",
+        choices=STRATEGIES,
+        default="greedy",
+        help="how each token is chosen (default: greedy)",
     )
     decode.add_argument(
-        "--temperature",
-        type=float,
-        default=1.0,
-        help="divides the logits (temperature, top-k, top-p)",
+        "--temperature", type=str, help="divides the logits (temperature, top-k, top-p; default: 1)"
+    )
+    decode.add_argument("--top-k", type=str, help="top-k: sample among the K most likely tokens")
+    decode.add_argument(
+        "--top-p", type=str, help="top-p: sample among the most likely tokens of mass P"
     )
     decode.add_argument(
-        "--top-k", type=int, default=None, help="top-k: sample among the K most likely tokens"
+        "--beam-size", type=str, help="beam: continuations kept per step (default: 4)"
     )
     decode.add_argument(
-        "--top-p",
-        type=float,
-        default=None,
-        help="top-p: sample among the most likely tokens of mass P",
+        "--seed", type=str, default="0", help="PRNG seed of the sampling strategies (default: 0)"
     )
-    decode.add_argument(
-        "--beam-size", type=int, default=4, help="beam: continuations kept per step"
-    )
-    decode.add_argument("--seed", type=int, default=0, help="PRNG seed of the sampling strategies")
+
+    info = commands.add_parser("info", help="a run's config and its checkpoints")
+    info.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run folder")
     return parser
 
 
-# ------------------------------------------------------------------------- train
+# ------------------------------------------------------------------------- small parsers
 
 
-TRAIN_FLAGS = {  # flag dest -> TrainConfig field
-    "corpus": "corpus",
-    "token": "token",
-    "max_tokens": "max_tokens",
-    "val_fraction": "val_fraction",
-    "partition": "partition",
-    "batch_size": "batch_size",
-    "num_steps": "num_steps",
-    "lr": "lr",
-    "theta": "theta",
-    "epochs": "num_epochs",
-    "seed": "seed",
-    "eval_every": "eval_every",
-    "sample_every": "sample_every",
-}
-MODEL_FLAGS = {  # flag dest -> ModelConfig field
-    "cell": "cell",
-    "num_hiddens": "num_hiddens",
-    "num_layers": "num_layers",
-    "dropout": "dropout",
-    "nonlinearity": "nonlinearity",
-}
-RESUMABLE = {"num_epochs", "eval_every", "sample_every"}  # what a resumed run may change
-
-
-def _configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    from rnn_jax.checkpoint import CheckpointConfig
-    from rnn_jax.config import TrainConfig
-
-    fields = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()}
-    if fields["corpus"] is not None:
-        fields["corpus"] = str(Path(fields["corpus"]).absolute())
-    if fields["max_tokens"] == 0:
-        fields["max_tokens"] = None
-    train_config = TrainConfig(**fields)
-    ckpt_config = CheckpointConfig(save_every=args.save_every, keep=args.keep)
-    model_fields = {field: getattr(args, flag) for flag, field in MODEL_FLAGS.items()}
-    return train_config, model_fields, ckpt_config
-
-
-def _explicit_flags(argv: Sequence[str]) -> set[str]:
-    """The dests of the flags the user typed (to tell them from defaults on --resume)."""
-    return {arg.split("=")[0][2:].replace("-", "_") for arg in argv if arg.startswith("--")}
-
-
-@contextlib.contextmanager
-def _run_lock(run_dir: Path) -> Iterator[None]:
-    """One writer per run folder: a non-blocking exclusive lock on ``RUN_DIR/.lock``."""
-    path = run_dir / LOCK
+def integer(flag: str, text: str | None, minimum: int = 0, maximum: int = 2**31 - 1) -> int | None:
+    """``text`` as an integer in ``[minimum, maximum]``; one-line UsageError naming ``flag``."""
+    if text is None:
+        return None
     try:
-        handle = path.open("a+")
-    except OSError as err:
-        raise UsageError(f"cannot write to run folder {run_dir}: {err.strerror}") from None
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{flag} must be an integer, got {text!r}") from None
+    if not minimum <= value <= maximum:
+        raise UsageError(f"{flag} must be in [{minimum}, {maximum:,}], got {value}")
+    return value
+
+
+def number(flag: str, text: str | None) -> float | None:
+    if text is None:
+        return None
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise UsageError(
-            f"run folder {run_dir} is in use by {owner}; wait for it or use another --out"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}\n")
-    handle.flush()
-    try:
-        yield
-    finally:
-        handle.close()
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{flag} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{flag} must be finite, got {text}")
+    return value
 
 
-class _Signals:
-    """Turns SIGINT/SIGTERM into a flag the training loop polls after each step."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-
-    def __enter__(self) -> _Signals:
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
+def checkpoint_step(text: str | None) -> int | str | None:
+    """``--step``: a step number, ``best`` or ``latest``."""
+    if text is None or text in ("best", "latest"):
+        return text
+    return integer("--step", text)
 
 
-def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from rnn_jax import checkpoint, loop, report
-    from rnn_jax.config import ModelConfig
-
-    train_config, model_fields, ckpt_config = _configs(args)
-    explicit = _explicit_flags(argv)
-    restored = None
-    if args.resume is not None:
-        if args.out is not None and args.out.absolute() != args.resume.absolute():
-            raise UsageError(
-                "give either --out (a new run) or --resume (an existing one), not both"
-            )
-        run_dir = args.resume
-        restored = checkpoint.restore(run_dir, for_training=True)
-        saved_model, saved_train = restored.model_config, restored.train_config
-        for flag, field in TRAIN_FLAGS.items():
-            if flag in explicit and field not in RESUMABLE:
-                value, saved = getattr(train_config, field), getattr(saved_train, field)
-                if value != saved:
-                    raise UsageError(
-                        f"--{flag.replace('_', '-')} {value} differs from the resumed run's {saved}"
-                    )
-        for flag, field in MODEL_FLAGS.items():
-            if flag in explicit and getattr(saved_model, field) != model_fields[field]:
-                raise UsageError(
-                    f"--{flag.replace('_', '-')} {model_fields[field]} differs from "
-                    f"the resumed run's "
-                    f"{getattr(saved_model, field)}"
-                )
-        changes = {f: getattr(train_config, f) for f in RESUMABLE if _flag_of(f) in explicit}
-        train_config = dataclasses.replace(saved_train, **changes)
-        model_config = saved_model
-        if restored.epoch >= train_config.num_epochs:
-            print(f"{run_dir} has trained {restored.epoch} epochs already; raise --epochs to go on")
-            return 0
-    else:
-        run_dir = (
-            args.out or Path("runs") / f"{model_fields['cell']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
-        if run_dir.exists() and not run_dir.is_dir():
-            raise UsageError(f"--out {run_dir} is a file, not a folder")
-        if run_dir.is_dir() and any(
-            (run_dir / name).exists()
-            for name in (loop.RUN_CONFIG, loop.METRICS, checkpoint.CHECKPOINTS)
-        ):
-            raise UsageError(
-                f"--out {run_dir} already holds a run; continue it with --resume {run_dir} "
-                "or choose a new --out"
-            )
-
-    dataset = loop.load_dataset(train_config)
-    if restored is None:
-        model_config = ModelConfig(vocab_size=dataset.vocab_size, **model_fields)
-    elif dataset.vocab != restored.vocab:
-        raise UsageError(
-            f"the corpus now gives a different vocabulary than the one {run_dir} was trained with"
-        )
-
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create run folder {run_dir}: {err.strerror or err}") from None
-    # Signals first: once the lock names this process, a signal must reach the handler.
-    with _Signals() as signals, _run_lock(run_dir):
-        if restored is not None:
-            # Epochs logged after the checkpoint will be trained (and logged) again.
-            report.truncate_metrics(run_dir / loop.METRICS, restored.epoch)
-            report.truncate_samples(run_dir / loop.SAMPLES, restored.epoch)
-            print(f"resuming {run_dir} at step {restored.step} (epoch {restored.epoch})")
-        manager = checkpoint.open_manager(run_dir, ckpt_config)
-        K = loop.batches_per_epoch(
-            len(dataset.train), train_config.batch_size, train_config.num_steps
-        )
-
-        def save(state: Any, record: dict[str, Any] | None) -> None:
-            epoch = int(state.step) // K
-            checkpoint.save(
-                manager,
-                state,
-                epoch=epoch,
-                model_config=model_config,
-                train_config=train_config,
-                vocab=dataset.vocab,
-                metrics=record,
-            )
-
-        def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
-            if (
-                record["epoch"] % ckpt_config.save_every == 0
-                or record["epoch"] == train_config.num_epochs
-            ):
-                save(state, record)
-
-        try:
-            result = loop.fit(
-                model_config,
-                train_config,
-                dataset,
-                state=None if restored is None else restored.state,
-                out_dir=run_dir,
-                on_epoch_end=on_epoch_end,
-                should_stop=lambda: signals.received is not None,
-                echo=print,
-                progress=False if args.no_progress else None,
-            )
-            if result.interrupted and int(result.state.step) not in manager.all_steps():
-                save(result.state, None)
-        except loop.NonFiniteLossError as err:
-            if not _close(manager):
-                return EXIT_FAILED
-            latest = manager.latest_step()
-            kept = f"; the last good checkpoint is step {latest}" if latest is not None else ""
-            print(f"rnn-jax: error: {err}{kept}", file=sys.stderr)
-            return EXIT_FAILED
-        except checkpoint.CheckpointWriteError as err:
-            print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
-            return EXIT_FAILED
-        except BaseException:
-            _close(manager)
-            raise
-        if not _close(manager):
-            return EXIT_FAILED
-
-    if result.interrupted:
-        name = signal.Signals(signals.received).name
-        print(
-            f"{name}: saved step {int(result.state.step)} to {run_dir}; "
-            f"continue with: rnn-jax train --resume {run_dir}"
-        )
-        return 128 + int(signals.received)
-    if result.history:
-        last = result.history[-1]
-        val = "" if last["val_ppl"] is None else f", validation perplexity {last['val_ppl']:.2f}"
-        print(
-            f"done: epoch {last['epoch']}, perplexity {last['train_ppl']:.2f}{val}, "
-            f"train step compiled in {result.compile_s:.2f} s; run folder {run_dir}"
-        )
-    return 0
+# ------------------------------------------------------------------------- commands
 
 
-def _flag_of(field: str) -> str:
-    return next(flag for flag, f in TRAIN_FLAGS.items() if f == field)
+def cmd_train(args: argparse.Namespace) -> int:
+    from rnn_jax import run
+    from rnn_jax.config import ModelConfig, RunConfig, TrainConfig
+
+    request = run.TrainRequest(
+        model=given(args, ModelConfig),
+        train=given(args, TrainConfig),
+        run=given(args, RunConfig),
+        config_file=args.config,
+        out=args.out,
+        resume=args.resume,
+        resume_step=checkpoint_step(args.step),
+        progress=False if args.no_progress else None,
+        seeds=_seeds(args.seeds),
+        sweep_mode=args.sweep,
+        coordinator=args.coordinator,
+        num_processes=integer("--num-processes", args.num_processes, 1),
+        process_id=integer("--process-id", args.process_id, 0),
+    )
+    if args.step is not None and args.resume is None:
+        raise UsageError("--step goes with --resume RUN_DIR")
+    return run.train_from_request(request)
 
 
-def _close(manager: Any) -> bool:
-    """Finish pending writes and close; a write error becomes one line on stderr."""
-    from rnn_jax import checkpoint
-
-    try:
-        checkpoint.close(manager)
-    except checkpoint.CheckpointWriteError as err:
-        print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
-        return False
-    return True
-
-
-# ------------------------------------------------------------------------- eval, sample
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise UsageError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+    seeds = tuple(integer("--seeds", p, 0, 2**32 - 1) for p in parts)
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds repeats a seed: {text}")
+    return seeds  # type: ignore[return-value]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import jax.numpy as jnp
-    import numpy as np
+    from rnn_jax import run
 
-    from rnn_jax import checkpoint, data, loop, step
-    from rnn_jax.loss import perplexity
-
-    restored = checkpoint.restore(args.checkpoint, step=args.step)
-    config = restored.train_config
-    if args.corpus is None:
-        tokens = loop.load_dataset(config).val
-        if len(tokens) < 2:
-            raise UsageError(
-                f"the run in {args.checkpoint} has no validation split; name a --corpus"
-            )
-        what = "the validation split"
-    else:
-        words = data.tokenize(data.preprocess(data.read_text(args.corpus)), config.token)
-        tokens = np.asarray(restored.vocab[words], np.int32)  # unknown tokens score as <unk>
-        if len(tokens) < 2:
-            raise UsageError(f"corpus {args.corpus} has fewer than 2 tokens after preprocessing")
-        what = str(args.corpus)
-    Xs, Ys = data.eval_batches(tokens, config.batch_size, config.num_steps)
-    evaluate = step.make_evaluate(restored.model_config)
-    jax_batches = (jnp.asarray(Xs), jnp.asarray(Ys))
-    evaluate(restored.params, *jax_batches)[0].block_until_ready()  # compile
-    started = time.perf_counter()
-    nll, count = evaluate(restored.params, *jax_batches)
-    nll.block_until_ready()
-    seconds = time.perf_counter() - started
-    print(
-        f"step {restored.step}: perplexity {perplexity(nll, count):.3f} "
-        f"on {int(count):,} tokens of "
-        f"{what}, {int(count) / seconds:,.0f} tokens/s"
+    return run.evaluate_checkpoint(
+        args.checkpoint,
+        step=checkpoint_step(args.step),
+        corpus=args.corpus,
+        eval_tokens=integer("--eval-tokens", args.eval_tokens, 2),
     )
-    return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import jax
+    from rnn_jax import run
+    from rnn_jax.sample import SamplingConfig
 
-    from rnn_jax import checkpoint, sample
-
-    if args.num_chars <= 0:
-        raise UsageError(f"--num-chars must be positive, got {args.num_chars}")
-    sampling = sample.SamplingConfig(
-        strategy=args.strategy,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        beam_size=args.beam_size,
-    )
-    restored = checkpoint.restore(args.checkpoint, step=args.step)
-    prefixes = args.prefix or ["time traveller"]
-    texts = sample.predict(
-        prefixes,
-        args.num_chars,
-        restored.model_config,
-        restored.params,
-        restored.vocab,
-        restored.train_config.token,
+    num_chars = integer("--num-chars", args.num_chars, 1, 10**7)
+    stochastic = args.strategy in ("temperature", "top-k", "top-p")
+    applies = {
+        "--temperature": stochastic,
+        "--top-k": args.strategy == "top-k",
+        "--top-p": args.strategy == "top-p",
+        "--beam-size": args.strategy == "beam",
+    }
+    for flag, ok in applies.items():
+        if getattr(args, flag[2:].replace("-", "_")) is not None and not ok:
+            raise UsageError(f"{flag} does not apply to --strategy {args.strategy}")
+    temperature = number("--temperature", args.temperature)
+    if temperature is not None and temperature <= 0:
+        raise UsageError(f"--temperature must be positive, got {args.temperature}")
+    try:
+        sampling = SamplingConfig(
+            strategy=args.strategy,
+            temperature=1.0 if temperature is None else temperature,
+            top_k=integer("--top-k", args.top_k, -(2**31)),
+            top_p=number("--top-p", args.top_p),
+            beam_size=4
+            if args.beam_size is None
+            else integer("--beam-size", args.beam_size, -(2**31)),
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return run.sample_checkpoint(
+        args.checkpoint,
+        prefixes=args.prefix,
+        num_preds=num_chars,
+        step=checkpoint_step(args.step),
         sampling=sampling,
-        key=jax.random.key(args.seed),
+        seed=integer("--seed", args.seed, 0, 2**32 - 1),
     )
-    for text in texts:
-        print(text)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from rnn_jax import run
+
+    print(run.describe(args.run_dir))
     return 0
 
 
@@ -529,19 +375,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    _quiet_logs()
-    from rnn_jax.checkpoint import CheckpointError
-
     try:
-        if args.command == "train":
-            return cmd_train(args, argv)
-        if args.command == "eval":
-            return cmd_eval(args)
-        return cmd_sample(args)
-    except (UsageError, CheckpointError, ValueError, OSError) as err:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
         print(f"rnn-jax: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    _quiet_logs()
+    from rnn_jax.checkpoint import CheckpointError
+    from rnn_jax.run import Interrupted, RunFailed
+
+    commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "info": cmd_info}
+    try:
+        return commands[args.command](args)
+    except Interrupted as err:
+        print(f"rnn-jax: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except RunFailed as err:
+        print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    except (UsageError, CheckpointError, ValueError, OSError) as err:
+        print(f"rnn-jax: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("rnn-jax: error: out of memory; use a smaller model or batch", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        text = f"{err.strerror}: {err.filename}"
+    return " ".join(text.split())
 
 
 def _quiet_logs() -> None:
@@ -555,7 +419,7 @@ def _quiet_logs() -> None:
 
 def _drop_orbax_background_errors(record: logging.LogRecord) -> bool:
     """Orbax logs a failed background write with its traceback, then re-raises the same
-    exception from ``wait_until_finished``, where ``_close`` reports it in one line."""
+    exception from ``wait_until_finished``, where the run reports it in one line."""
     return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 

@@ -116,7 +116,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     # data
-    corpus: str | None = option(None, "UTF-8 text file; none = the shipped Time Machine")
+    corpus: str | None = option(
+        None, "UTF-8 text file; none = the shipped Time Machine", metavar="FILE"
+    )
     preprocess: str = option(
         AUTO,
         "book: runs of non-letters -> one space, lowercase (the book's); raw: every "
@@ -253,7 +255,9 @@ class RunConfig:
         None, "devices to shard the batch over; none = all local devices of the default backend"
     )
     cache_dir: str | None = option(
-        None, "token cache folder; none = $XDG_CACHE_HOME/rnn_jax or ~/.cache/rnn_jax"
+        None,
+        "token cache folder; none = $XDG_CACHE_HOME/rnn_jax or ~/.cache/rnn_jax",
+        metavar="DIR",
     )
     tensorboard: bool = option(True, "write TensorBoard event files into the run folder")
 

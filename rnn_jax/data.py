@@ -13,6 +13,7 @@ import collections
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -309,3 +310,68 @@ def eval_batches(
     batch_size = max(1, min(batch_size, (len(corpus) - 1) // num_steps))
     num_steps = min(num_steps, (len(corpus) - 1) // batch_size)
     return _parallel_streams(corpus, batch_size, num_steps)
+
+
+# --------------------------------------------------------------------------- (shim: replaced by the data layer)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    tokens: np.ndarray
+    vocab: Vocab
+    num_chars: int
+    preprocess: str
+    token: str
+    fingerprint: dict
+    kept: int
+    cached: bool = False
+
+
+def load_text_corpus(
+    path=None, *, token="char", preprocess="book", min_freq=0, cache_dir=None, max_tokens=None
+):
+    import hashlib
+
+    text = read_text(path)
+    raw = text.encode("utf-8")
+    tokens = tokenize(preprocess_text(text, preprocess), token)
+    if not [t for t in tokens if t != " "]:
+        where = "the shipped corpus" if path is None else str(path)
+        raise ValueError(f"corpus {where} has no letters A-Z/a-z left after preprocessing")
+    vocab = Vocab(tokens, min_freq=min_freq)
+    ids = np.asarray(vocab[tokens], dtype=np.int32)
+    fp = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+    return Corpus(
+        ids if max_tokens is None else ids[:max_tokens],
+        vocab,
+        len(text),
+        preprocess,
+        token,
+        fp,
+        len(ids),
+    )
+
+
+def preprocess_text(text, preprocess):
+    return preprocess_book(text) if preprocess == "book" else text.replace("\r\n", "\n")
+
+
+preprocess_book = preprocess
+
+
+class EpochBatches:
+    def __init__(self, corpus, batch_size, num_steps, partition, seed, epoch, num_batches=None):
+        self.epoch = epoch
+        Xs, Ys = epoch_batches(corpus, batch_size, num_steps, partition, seed, epoch)
+        self.Xs, self.Ys = Xs[:num_batches], Ys[:num_batches]
+
+    def __len__(self):
+        return len(self.Xs)
+
+    def __getitem__(self, k):
+        return self.Xs[k], self.Ys[k]
+
+
+def encode_corpus(path, vocab, token="char", preprocess="book"):
+    words = tokenize(preprocess_text(read_text(path), preprocess), token)
+    return np.asarray(vocab[words], np.int32)

@@ -26,3 +26,9 @@ def perplexity(nll_sum: float, num_tokens: int) -> float:
     """``exp(nll_sum / num_tokens)``; ``inf`` when the mean overflows."""
     mean = float(nll_sum) / int(num_tokens)
     return math.exp(mean) if mean < 700 else math.inf
+
+
+def bits_per_token(ppl: float) -> float:
+    """``log2`` of perplexity: bits per character for char tokens, the unit character-level
+    results are published in."""
+    return math.log2(ppl) if ppl > 0 and math.isfinite(ppl) else math.inf

@@ -228,7 +228,9 @@ def beam_search(
 # ------------------------------------------------------------------ text in, text out
 
 
-def encode_prefixes(prefixes: list[str], vocab: Vocab, token: str = "char") -> np.ndarray:
+def encode_prefixes(
+    prefixes: list[str], vocab: Vocab, token: str = "char", preprocess: str = "book"
+) -> np.ndarray:
     """Prefixes -> int32 ``(B, P)``; refuses unknown tokens and unequal lengths."""
     if not prefixes:
         raise ValueError("need at least one prefix")
@@ -253,6 +255,7 @@ def predict(
     *,
     sampling: SamplingConfig | None = None,
     key: jax.Array | None = None,
+    preprocess: str = "book",
 ) -> str | list[str]:
     """The book's ``predict_ch8``: each prefix followed by its continuation, greedy unless
     ``sampling`` says otherwise (the stochastic strategies need ``key``)."""

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoint, data, sample, step
+from rnn_jax import checkpoint, data, report, sample, step
 from rnn_jax.loss import perplexity
 
 TINY = [
@@ -147,31 +147,59 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path: Path) -> None
     assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in metrics] == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_saves_exits_and_resumes_exactly(tmp_path: Path, signum: signal.Signals) -> None:
-    """A signal during training finishes the step, saves, exits 128+signum; resuming then
-    ends bitwise equal to a run that was never interrupted."""
+    """A signal during training finishes the step, saves, exits 128+signum (SIGHUP is
+    handled as SIGTERM); resuming then ends bitwise equal to a run never interrupted,
+    metrics included."""
     run_dir, straight = tmp_path / "run", tmp_path / "straight"
+    long = ["--epochs", "30", "--num-hiddens", "48"]
+    cmd = [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), *TINY, *long]
+    cmd[cmd.index("--save-every") + 1] = "1000"  # the first epoch, the signal and the end save
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run_dir / "checkpoints" / "67"  # the early first checkpoint: training has begun
+    deadline = time.monotonic() + 90
+    while not first.exists() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.005)
+    child.send_signal(signum)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 128 + signum, (child.returncode, out, err)
+    assert "--resume" in out and err == "", (out, err)
+    interrupted_at = checkpoint.restore(run_dir).step
+    assert 67 < interrupted_at < 30 * 67
+    proc = rnn_jax("train", "--resume", str(run_dir), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    proc = rnn_jax("train", "--out", str(straight), *TINY, *long)
+    assert proc.returncode == 0, proc.stderr
+    a = checkpoint.restore(straight, for_training=True)
+    b = checkpoint.restore(run_dir, for_training=True)
+    assert a.step == b.step == 30 * 67
+    assert leaves_digest(a.state) == leaves_digest(b.state)
+    keys = ("epoch", "step", "train_ppl", "val_ppl", "grad_norm")
+    ours, theirs = (
+        [{k: r[k] for k in keys} for r in report.read_jsonl(d / "metrics.jsonl")]
+        for d in (run_dir, straight)
+    )
+    assert ours == theirs  # the interrupted epoch's record included
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_before_training_leaves_no_folder(tmp_path: Path, signum: signal.Signals) -> None:
+    """A signal while the run starts (loading, compiling) exits 128+signum with one line
+    and leaves no run folder behind."""
+    run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), "--epochs", "3", *TINY]
-    cmd[cmd.index("--save-every") + 1] = "1000"  # only the signal and the end save
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = run_dir / ".lock"
     deadline = time.monotonic() + 60
     while not (lock.exists() and "pid" in lock.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    child.send_signal(signum)  # the handler is in place once the lock names the process
+        time.sleep(0.005)
+    child.send_signal(signum)
     out, err = child.communicate(timeout=60)
     assert child.returncode == 128 + signum, (child.returncode, out, err)
-    assert "--resume" in out
-    interrupted_at = checkpoint.restore(run_dir).step
-    assert 0 < interrupted_at < 3 * 67
-    proc = rnn_jax("train", "--resume", str(run_dir), "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    assert rnn_jax("train", "--out", str(straight), "--epochs", "3", *TINY).returncode == 0
-    a = checkpoint.restore(straight, for_training=True)
-    b = checkpoint.restore(run_dir, for_training=True)
-    assert a.step == b.step == 3 * 67
-    assert leaves_digest(a.state) == leaves_digest(b.state)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "before training started" in lines[0], err
+    assert not run_dir.exists()
 
 
 def test_second_writer_is_refused(trained: Path, tmp_path: Path) -> None:
