@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -441,6 +442,7 @@ def _restore_step(
     for_training: bool,
     sharding: ShardingSpec | None,
 ) -> Restored:
+    _check_layout(run_dir, step)
     meta = _read_json(manager, run_dir, step, "meta")
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if fmt not in READABLE_FORMATS:
@@ -525,6 +527,24 @@ def _restore_step(
     )
 
 
+def _check_layout(run_dir: Path, step: int) -> None:
+    """Orbax's own records of the step must be there and parse, even where a restore
+    would go on without them: their absence means the folder was damaged. Left out:
+    ``commit_success.txt`` (a marker for object stores without atomic renames) and
+    ``<item>/ocdbt.process_<i>/`` (per-process databases, merged into the item's own
+    database at save time and not read afterwards)."""
+    folder = checkpoint_dir(run_dir) / str(step)
+    for name in ("_CHECKPOINT_METADATA", "params/_METADATA", "train/_METADATA"):
+        item = name.split("/")[0] if "/" in name else "step"
+        try:
+            json.loads((folder / name).read_text())
+        except FileNotFoundError:
+            raise DamagedCheckpointError(run_dir, step, item, f"{name} is missing") from None
+        except (OSError, ValueError) as err:
+            problem = f"{name} is unreadable ({type(err).__name__}: {_line(err)})"
+            raise DamagedCheckpointError(run_dir, step, item, problem) from None
+
+
 def _config(cls: type, section: str, data: Any, run_dir: Path, step: int) -> Any:
     """``cls`` from the saved ``data``, missing fields filled from ``LEGACY_DEFAULTS``."""
     if not isinstance(data, dict):
@@ -563,11 +583,30 @@ def _read_item(
     try:
         value = manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
     except Exception as err:  # Orbax, tensorstore and json raise all kinds
+        _silence_orphaned_reads()
         problem = f"{name} is unreadable ({type(err).__name__}: {_line(err)})"
         raise DamagedCheckpointError(run_dir, step, name, problem) from None
     if value is None:
         raise DamagedCheckpointError(run_dir, step, name, f"{name} is missing")
     return value
+
+
+def _silence_orphaned_reads() -> None:
+    """After a failed read Orbax closes its event loop while tensorstore still finishes
+    the reads of other leaves; each then reports "Event loop is closed" through
+    ``sys.unraisablehook`` (a traceback on stderr, possibly at exit). Drop exactly those,
+    passing every other unraisable exception on. Installed once, at the first failure."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_rnn_jax_orphaned_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._rnn_jax_orphaned_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _read_json(manager: ocp.CheckpointManager, run_dir: Path, step: int, name: str) -> Any:
