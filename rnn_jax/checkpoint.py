@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -680,10 +681,14 @@ def _check_run_dir(run_dir: Path) -> Path:
 
 
 def _open_reader(run_dir: Path) -> ocp.CheckpointManager:
-    try:
-        return open_manager(run_dir, CheckpointConfig(), read_only=True)
-    except Exception as err:  # the folder listed while a writer renames or deletes
-        raise CheckpointError(f"cannot list the checkpoints of {run_dir}: {_line(err)}") from None
+    """A read-only manager; listing is retried while a writer deletes the steps listed."""
+    for attempt in range(RESTORE_ATTEMPTS):
+        try:
+            return open_manager(run_dir, CheckpointConfig(), read_only=True)
+        except Exception as err:  # Orbax stats each step it lists
+            failure = err
+            time.sleep(0.01 * (attempt + 1))
+    raise CheckpointError(f"cannot list the checkpoints of {run_dir}: {_line(failure)}")
 
 
 def _steps(manager: ocp.CheckpointManager) -> list[int]:

@@ -64,7 +64,9 @@ def save_steps(run_dir: Path, steps=STEPS, keep: int = 10) -> dict[int, TrainSta
 
 
 def leaves(state: TrainState) -> list[np.ndarray]:
-    return [np.asarray(x) for x in jax.tree.leaves(state.replace(key=jax.random.key_data(state.key)))]
+    return [
+        np.asarray(x) for x in jax.tree.leaves(state.replace(key=jax.random.key_data(state.key)))
+    ]
 
 
 def assert_bitwise(a: TrainState, b: TrainState) -> None:
@@ -268,7 +270,7 @@ def test_corrupt_meta_is_caught(run: Path) -> None:
     with pytest.raises(checkpoint.CheckpointError, match="meta is not a JSON object"):
         checkpoint.restore(run)
     meta.write_text(json.dumps({k: v for k, v in json.loads(original).items() if k != "vocab"}))
-    with pytest.raises(checkpoint.CheckpointError, match="meta is incomplete .KeyError: 'vocab'"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"meta is incomplete \(KeyError: 'vocab'"):
         checkpoint.restore(run)
 
 
@@ -351,3 +353,167 @@ def test_legacy_defaults_fill_missing_fields(tmp_path: Path, monkeypatch) -> Non
     message = str(err.value)
     assert "cannot be read by this version" in message and "frobnicate" in message
     assert "\n" not in message
+
+
+# ------------------------------------------------------------------------ readers
+
+
+def test_reader_never_races_a_writer(tmp_path: Path) -> None:
+    """A writer thread saves step after step keeping only the latest two (so it deletes
+    a step every save) while the reader restores the latest over and over: every
+    restore returns a whole, verified step, and nothing else is raised."""
+    states = [make_state(1, seed=k) for k in range(3)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        manager = checkpoint.open_manager(
+            tmp_path, checkpoint.CheckpointConfig(keep=2, keep_best=False)
+        )
+        try:
+            for s in range(1, 10_000):
+                state = states[s % 3].replace(step=jnp.asarray(s, jnp.int32))
+                checkpoint.save(
+                    manager, state, epoch=s, model_config=MODEL, train_config=TRAIN, vocab=VOCAB
+                )
+                if stop.is_set():
+                    break
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            checkpoint.close(manager)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        while not (tmp_path / checkpoint.CHECKPOINTS).is_dir() or not any(
+            p.name.isdigit() for p in (tmp_path / checkpoint.CHECKPOINTS).iterdir()
+        ):
+            writer.join(0.01)
+        seen = set()
+        for _ in range(25):
+            restored = checkpoint.restore(tmp_path, for_training=True)
+            assert restored.verified and restored.epoch == restored.step
+            expected = states[restored.step % 3].replace(step=jnp.asarray(restored.step))
+            assert_bitwise(restored.state, expected)
+            seen.add(restored.step)
+    finally:
+        stop.set()
+        writer.join()
+    assert not errors, errors
+    assert len(seen) > 5  # the writer moved on while the reader read
+
+
+def test_restore_moves_on_when_its_step_is_deleted(tmp_path: Path, monkeypatch) -> None:
+    """The race made certain: right after ``restore`` picks the latest step, a writer
+    saves two more and its policy (keep 2) deletes the picked one; ``restore`` returns
+    the newest step instead. A step named explicitly and deleted is one error line."""
+    states = {s: make_state(s) for s in (1, 2, 3, 4, 5)}
+    manager = checkpoint.open_manager(
+        tmp_path, checkpoint.CheckpointConfig(keep=2, keep_best=False)
+    )
+
+    def save(s: int) -> None:
+        checkpoint.save(
+            manager, states[s], epoch=s, model_config=MODEL, train_config=TRAIN, vocab=VOCAB
+        )
+        manager.wait_until_finished()
+
+    save(1)
+    pick = checkpoint._pick_step
+    pending = [(2, 3)]
+
+    def pick_then_write(*args, **kwargs):
+        step = pick(*args, **kwargs)
+        if pending:
+            for s in pending.pop():
+                save(s)
+            assert not step_dir(tmp_path, step).exists()
+        return step
+
+    monkeypatch.setattr(checkpoint, "_pick_step", pick_then_write)
+    restored = checkpoint.restore(tmp_path, for_training=True)
+    assert restored.step == 3 and restored.verified
+    assert_bitwise(restored.state, states[3])
+
+    pending.append((4, 5))
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"step 3 of .* was deleted while being read"
+    ):
+        checkpoint.restore(tmp_path, step=3)
+    checkpoint.close(manager)
+
+
+# ----------------------------------------------------------------------- topology
+
+MESH_SCRIPT = """
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+sys.path.insert(0, "tests")
+from test_checkpoint import MODEL, TRAIN, VOCAB, assert_bitwise, make_state
+from rnn_jax import checkpoint
+
+run_dir = Path(sys.argv[1])
+assert len(jax.devices()) == 4, jax.devices()
+mesh4 = Mesh(np.array(jax.devices()), ("data",))
+state = make_state(240)
+state = state.replace(
+    params=jax.device_put(state.params, NamedSharding(mesh4, P())),
+    hidden=jax.device_put(state.hidden, NamedSharding(mesh4, P("data"))),
+)
+assert len(state.hidden.addressable_shards) == 4
+assert state.hidden.addressable_shards[0].data.shape == (1, MODEL.num_hiddens)
+manager = checkpoint.open_manager(run_dir, checkpoint.CheckpointConfig())
+checkpoint.save(manager, state, epoch=3, model_config=MODEL, train_config=TRAIN, vocab=VOCAB)
+checkpoint.close(manager)
+
+one = checkpoint.restore(run_dir, for_training=True)
+assert one.verified
+assert_bitwise(one.state, state)
+device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+assert all(x.sharding == device for x in jax.tree.leaves(one.state))
+
+mesh2 = Mesh(np.array(jax.devices()[:2]), ("data",))
+def place(path, shape):
+    hidden = jax.tree_util.keystr(path) == "['train']['hidden']"
+    return NamedSharding(mesh2, P("data") if hidden else P())
+two = checkpoint.restore(run_dir, for_training=True, sharding=place)
+assert two.verified
+assert_bitwise(two.state, state)
+assert two.state.hidden.sharding == NamedSharding(mesh2, P("data"))
+assert two.state.params["W_hq"].sharding == NamedSharding(mesh2, P())
+assert len(two.state.hidden.addressable_shards) == 2
+
+prefix = {"params": NamedSharding(mesh2, P()), "train": NamedSharding(mesh2, P())}
+three = checkpoint.restore(run_dir, sharding=prefix)
+for a, b in zip(jax.tree.leaves(three.params), jax.tree.leaves(state.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert a.sharding == NamedSharding(mesh2, P())
+print("restored onto 1 device and a 2-device mesh")
+"""
+
+
+def test_saved_from_a_4_device_mesh_restores_anywhere(tmp_path: Path) -> None:
+    """Hidden state sharded over 4 CPU devices along B, params replicated: restored onto
+    one device, onto a 2-device mesh (a function placing each array) and with a pytree
+    prefix of shardings, every value equal. A subprocess, as the device count must be
+    set before JAX is imported."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
+    root = Path(__file__).parent.parent
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(MESH_SCRIPT), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=root,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "restored onto 1 device and a 2-device mesh" in proc.stdout
