@@ -1,26 +1,43 @@
 """Orbax checkpoints of a run: resume training exactly, or restore a model to sample.
 
 A run folder holds ``checkpoints/<step>/`` written by one ``ocp.CheckpointManager``.
-Each checkpoint has three items:
+Each checkpoint has four items:
 
 * ``params``: the parameter pytree, all that sampling and evaluation need;
-* ``train``: the rest of the train state (optimizer state, step, carried hidden state,
-  PRNG key data), needed only to resume;
-* ``meta``: JSON with the model and train configs, the vocabulary and the parameter
-  shapes and dtypes, so that a checkpoint alone rebuilds the model (no pickle).
+* ``train``: the rest of the train state (optimizer state, step, carried hidden state
+  ``(B, H)`` or one per layer, PRNG key data ``(2,) uint32``), needed only to resume;
+* ``meta``: JSON with the model and train configs, the vocabulary, the parameter
+  shapes and dtypes, the metrics of the save, the corpus fingerprint and any extra
+  JSON (e.g. the running sums of an interrupted epoch), so that a checkpoint alone
+  rebuilds the model (no pickle);
+* ``integrity``: JSON with a sha256 of every array (its shape, dtype and bytes, keyed
+  by item and key path, e.g. ``params['W_hh']``) and of ``meta``.
+
+Nothing on disk is trusted: every restore recomputes the checksums, and any damage
+(a flipped bit, a truncated or missing file, a missing item, unreadable metadata)
+raises ``DamagedCheckpointError`` naming the run folder, the step and the item.
+Checkpoints of format 1 (before checksums) still restore but are not verified.
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so
 a process killed mid-save leaves the previous checkpoints intact. Saves are
 asynchronous; a write error surfaces as ``CheckpointWriteError`` at the next ``save``
-or at ``close``.
+or at ``close``. A reader (``eval``, ``sample``) may restore while a training process
+saves and deletes old steps: ``restore`` then moves on to the newest remaining step.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +51,19 @@ from rnn_jax.data import Vocab
 from rnn_jax.step import TrainState, init_train_state, make_optimizer
 
 CHECKPOINTS = "checkpoints"
-FORMAT = 1  # bump when the layout of the items changes
+FORMAT = 2  # bump when the layout of the items changes; 2 added ``integrity``
+READABLE_FORMATS = (1, 2)
+RESTORE_ATTEMPTS = 5  # how often ``restore`` moves on when a writer deletes its step
+
+# Fields that configs gained after checkpoints were written without them, with the
+# value that reproduces how those older runs behaved. Only fields the dataclass has
+# are filled, so an entry may precede the field it names.
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"preprocess": "book"}, "model": {}}
+
+Step = int | Literal["latest", "best"] | None
+# For each restored array: a Sharding, or a function of (key path in
+# ``{"params": ..., "train": ...}``, shape), or a pytree prefix of that dict.
+ShardingSpec = jax.sharding.Sharding | Callable[[tuple[Any, ...], tuple[int, ...]], Any] | Any
 
 
 class CheckpointError(ValueError):
@@ -45,6 +74,17 @@ class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (full disk, permissions...); the ones written
     before it are intact. Saves are asynchronous, so a failure surfaces at the next
     ``save`` or at ``close``."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint whose files are corrupt, truncated, missing or unreadable."""
+
+    def __init__(self, run_dir: Path, step: int, item: str, problem: str, hint: str = "") -> None:
+        self.run_dir, self.step, self.item, self.problem = run_dir, step, item, problem
+        super().__init__(f"checkpoint step {step} of {run_dir} is damaged: {problem}{hint}")
+
+    def with_hint(self, hint: str) -> DamagedCheckpointError:
+        return DamagedCheckpointError(self.run_dir, self.step, self.item, self.problem, hint)
 
 
 @dataclass(frozen=True)
@@ -71,8 +111,24 @@ class Restored:
     vocab: Vocab
     params: model.Params
     state: TrainState | None  # the full train state, when restored to resume
-    corpus: dict | None = None
-    extra: dict | None = None
+    corpus: dict[str, Any] | None = None  # the corpus fingerprint given to ``save``
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # ``save``'s extra JSON
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded with the save
+    verified: bool = False  # checksums compared (format 2); False for format 1
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One line of ``list_checkpoints``: what a step holds, read from its ``meta``."""
+
+    step: int
+    epoch: int | None
+    train_ppl: float | None
+    val_ppl: float | None
+    is_latest: bool
+    is_best: bool
+    intact: bool | None  # None unless verification was asked for
+    problem: str | None = None  # why it is not intact (or its meta unreadable)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -110,6 +166,9 @@ def params_spec(params: model.Params) -> dict[str, list[Any]]:
     return {jax.tree_util.keystr(path): [list(leaf.shape), str(leaf.dtype)] for path, leaf in flat}
 
 
+# ------------------------------------------------------------------------------ save
+
+
 def save(
     manager: ocp.CheckpointManager,
     state: TrainState,
@@ -118,28 +177,42 @@ def save(
     model_config: ModelConfig,
     train_config: TrainConfig,
     vocab: Vocab,
-    metrics: dict[str, float] | None = None,
-    corpus: dict | None = None,
-    extra: dict | None = None,
+    metrics: dict[str, Any] | None = None,
+    corpus: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Queue an asynchronous save of ``state`` at its step.
 
-    The arrays are copied to host memory first: the train step donates (reuses) the
-    device buffers of the state it is given, and the write finishes in the background.
+    ``metrics`` (``epoch``, ``train_ppl``, ``val_ppl``...) are recorded in ``meta`` for
+    ``list_checkpoints`` and ``step="best"``; those with a ``val_ppl`` also feed the
+    preservation policy. ``corpus`` (a fingerprint such as ``{"sha256", "size",
+    "num_chars"}``) and ``extra`` (any JSON, e.g. ``{"epoch_sums": {...}}``) come back
+    as ``Restored.corpus`` and ``Restored.extra``.
+
+    When every array is fully addressable (one process, on one or several devices), the
+    arrays are copied to host memory first, because the train step donates (reuses) the
+    device buffers of the state it is given while the write finishes in the background;
+    the checksums are computed from those host copies. Arrays spread over several
+    processes are handed to Orbax as they are (its multi-host contract: every process
+    calls ``save`` with its shards, and Orbax copies them to host before ``save``
+    returns); no process holds their bytes, so such a checkpoint records no array
+    checksums and its arrays are not verified on restore (its ``meta`` still is).
     """
     step = int(state.step)
-    host = jax.device_get(
-        {
-            "params": state.params,
-            "train": {
-                "opt_state": state.opt_state,
-                "step": state.step,
-                "hidden": state.hidden,
-                "key": jax.random.key_data(state.key),
-            },
-        }
-    )
-    host = jax.tree.map(np.array, host)  # own copies, never views of device buffers
+    items = {
+        "params": state.params,
+        "train": {
+            "opt_state": state.opt_state,
+            "step": state.step,
+            "hidden": state.hidden,
+            "key": jax.random.key_data(state.key),
+        },
+    }
+    if all(_addressable(leaf) for leaf in jax.tree.leaves(items)):
+        items = jax.tree.map(np.array, jax.device_get(items))  # own copies, never views
+        arrays = {name: _digests(tree) for name, tree in items.items()}
+    else:
+        arrays = {name: None for name in items}
     meta = {
         "format": FORMAT,
         "step": step,
@@ -147,18 +220,21 @@ def save(
         "model": to_dict(model_config),
         "train": to_dict(train_config),
         "vocab": json.loads(vocab.to_json()),
-        "params_spec": params_spec(host["params"]),
+        "params_spec": params_spec(items["params"]),
+        "metrics": _json_metrics(metrics),
         "corpus": corpus,
-        "extra": extra,
+        "extra": extra or {},
     }
+    integrity = {"format": FORMAT, "meta": _json_digest(meta), "arrays": arrays}
     usable = metrics if metrics and metrics.get("val_ppl") is not None else None
     try:  # Orbax first waits for the previous save, and re-raises its error here
         manager.save(
             step,
             args=ocp.args.Composite(
-                params=ocp.args.StandardSave(host["params"]),
-                train=ocp.args.StandardSave(host["train"]),
+                params=ocp.args.StandardSave(items["params"]),
+                train=ocp.args.StandardSave(items["train"]),
                 meta=ocp.args.JsonSave(meta),
+                integrity=ocp.args.JsonSave(integrity),
             ),
             metrics=usable,
             force=True,
@@ -182,70 +258,252 @@ def _write_error(manager: ocp.CheckpointManager, err: Exception) -> CheckpointWr
     return CheckpointWriteError(f"saving a checkpoint failed ({err}); {kept}")
 
 
+def _addressable(leaf: Any) -> bool:
+    return getattr(leaf, "is_fully_addressable", True)
+
+
+def _json_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """Scalars as plain JSON numbers (NumPy and JAX scalars included); the rest dropped."""
+    out: dict[str, Any] = {}
+    for name, value in (metrics or {}).items():
+        if value is None or isinstance(value, bool | int | float | str):
+            out[name] = value
+        elif np.ndim(value) == 0:
+            number = np.asarray(value).item()
+            out[name] = number if isinstance(number, int | float) else float(number)
+    return out
+
+
+# ------------------------------------------------------------------------- integrity
+
+
+def _digest(leaf: Any) -> str:
+    """sha256 of an array's shape, dtype and C-order bytes."""
+    array = np.ascontiguousarray(np.asarray(leaf))
+    h = hashlib.sha256(f"{array.shape}|{array.dtype}|".encode())
+    h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def _digests(tree: Any) -> dict[str, str]:
+    """``{keystr(path): sha256}`` of every leaf of ``tree``."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): _digest(leaf) for path, leaf in flat}
+
+
+def _json_digest(value: Any) -> str:
+    # Tuples and lists serialize alike, and floats round-trip exactly through repr.
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _verify_arrays(
+    run_dir: Path, step: int, item: str, tree: Any, expected: dict[str, str] | None
+) -> None:
+    if expected is None:  # saved from several processes: no checksums recorded
+        return
+    if not all(_addressable(leaf) for leaf in jax.tree.leaves(tree)):
+        return  # restored across processes: no process can read every byte
+    actual = _digests(tree)
+    for key in sorted(set(actual) | set(expected)):
+        if key not in expected:
+            problem = f"{item}{key} has no recorded checksum"
+        elif key not in actual:
+            problem = f"{item}{key} is missing"
+        elif actual[key] != expected[key]:
+            problem = f"{item}{key} checksum mismatch"
+        else:
+            continue
+        raise DamagedCheckpointError(run_dir, step, item, problem)
+
+
+# --------------------------------------------------------------------------- restore
+
+
 def read_meta(run_dir: Path, step: int | None = None) -> tuple[int, dict[str, Any]]:
-    """The metadata of checkpoint ``step`` (the latest when None) of ``run_dir``."""
-    manager = _open_existing(run_dir)
-    with manager:
+    """The metadata of checkpoint ``step`` (the latest when None) of ``run_dir``, not
+    verified against its checksum."""
+    run_dir = _check_run_dir(run_dir)
+    with _open_reader(run_dir) as manager:
         step = _pick_step(manager, run_dir, step)
-        return step, manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-            "meta"
-        ]
+        return step, _read_json(manager, run_dir, step, "meta")
 
 
 def restore(
     run_dir: Path,
     *,
-    step: int | None = None,
+    step: Step = None,
     expect_model: ModelConfig | None = None,
     expect_vocab: Vocab | None = None,
     for_training: bool = False,
+    sharding: ShardingSpec | None = None,
 ) -> Restored:
-    """Restore checkpoint ``step`` (the latest when None) of ``run_dir``.
+    """Restore checkpoint ``step`` of ``run_dir``: a step number, ``"latest"`` (or None),
+    or ``"best"`` (the lowest validation perplexity recorded with a save).
 
     The saved metadata is checked first: against ``expect_model`` and ``expect_vocab``
     when given, and the saved parameter shapes and dtypes against those the saved model
     config produces. A mismatch raises ``CheckpointError`` naming the field, the saved
-    value and the expected one; nothing is restored partially or cast. With
-    ``for_training`` the optimizer state, hidden state and key are restored too.
+    value and the expected one; nothing is restored partially or cast. Then every item
+    read is verified against the checksums recorded at save time (format 1 checkpoints
+    have none and are not verified); damage raises ``DamagedCheckpointError`` naming
+    the step, the item and the newest intact step. With ``for_training`` the optimizer
+    state, hidden state and key are restored too.
+
+    ``sharding`` places each restored array: a ``jax.sharding.Sharding`` for all, a
+    function ``(key_path, shape) -> Sharding`` whose key path runs from the root of
+    ``{"params": params, "train": {"opt_state", "step", "hidden", "key"}}``, or a pytree
+    prefix of that dict with a ``Sharding`` at each leaf. The default puts everything on
+    ``jax.devices()[0]``. The saved layout does not matter: a checkpoint written from a
+    4-device mesh restores onto one device or any other mesh.
+
+    When the step picked (latest or best) disappears or fails to read while a training
+    process saves and deletes steps, the newest remaining step is tried instead, up to
+    ``RESTORE_ATTEMPTS`` times; no Orbax or tensorstore exception escapes.
     """
-    manager = _open_existing(run_dir)
-    with manager:
-        step = _pick_step(manager, run_dir, step)
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if meta.get("format") != FORMAT:
+    run_dir = _check_run_dir(run_dir)
+    for _ in range(RESTORE_ATTEMPTS):
+        with _open_reader(run_dir) as manager:
+            chosen = _pick_step(manager, run_dir, step)
+            try:
+                return _restore_step(
+                    manager, run_dir, chosen, expect_model, expect_vocab, for_training, sharding
+                )
+            except DamagedCheckpointError as err:
+                damage = err
+        with _open_reader(run_dir) as manager:
+            steps = _steps(manager)
+            if isinstance(step, int) and step not in steps:
+                raise CheckpointError(
+                    f"checkpoint step {step} of {run_dir} was deleted while being read"
+                ) from damage
+            if not isinstance(step, int) and steps and _pick_step(manager, run_dir, step) != chosen:
+                continue  # a writer saved a newer step or deleted this one: pick again
+            raise damage.with_hint(_intact_hint(manager, run_dir, exclude=chosen)) from None
+    raise CheckpointError(
+        f"the checkpoints of {run_dir} kept changing while being read "
+        f"({RESTORE_ATTEMPTS} attempts); try again"
+    )
+
+
+def intact_steps(run_dir: Path) -> list[int]:
+    """The steps of ``run_dir`` (ascending) whose every item reads and matches its
+    checksums (format 1 steps: whose every item reads), and whose configs this version
+    can rebuild."""
+    run_dir = _check_run_dir(run_dir)
+    with _open_reader(run_dir) as manager:
+        return [s for s in _steps(manager) if _problem(manager, run_dir, s) is None]
+
+
+def newest_intact_step(run_dir: Path, before: int | None = None) -> int | None:
+    """The newest intact step of ``run_dir`` (below ``before`` when given), or None;
+    steps are verified newest first and the search stops at the first intact one."""
+    run_dir = _check_run_dir(run_dir)
+    with _open_reader(run_dir) as manager:
+        return _newest_intact(manager, run_dir, before=before)
+
+
+def list_checkpoints(run_dir: Path, *, verify: bool = False) -> list[CheckpointInfo]:
+    """Every finished step of ``run_dir``, ascending, with its epoch and recorded
+    perplexities, which is the latest and which the best (lowest ``val_ppl``), and with
+    ``verify`` whether it is intact."""
+    run_dir = _check_run_dir(run_dir)
+    with _open_reader(run_dir) as manager:
+        steps = _steps(manager)
+        metas = {s: _try_meta(manager, run_dir, s) for s in steps}
+        best = _best(metas)
+        infos = []
+        for s in steps:
+            meta = metas[s] if isinstance(metas[s], dict) else {}
+            recorded = meta.get("metrics") or {}
+            problem = metas[s] if isinstance(metas[s], str) else None
+            intact = None
+            if verify:
+                problem = _problem(manager, run_dir, s)
+                intact = problem is None
+            infos.append(
+                CheckpointInfo(
+                    step=s,
+                    epoch=meta.get("epoch"),
+                    train_ppl=recorded.get("train_ppl"),
+                    val_ppl=recorded.get("val_ppl"),
+                    is_latest=s == steps[-1],
+                    is_best=s == best,
+                    intact=intact,
+                    problem=problem,
+                )
+            )
+        return infos
+
+
+def _restore_step(
+    manager: ocp.CheckpointManager,
+    run_dir: Path,
+    step: int,
+    expect_model: ModelConfig | None,
+    expect_vocab: Vocab | None,
+    for_training: bool,
+    sharding: ShardingSpec | None,
+) -> Restored:
+    _check_layout(run_dir, step)
+    meta = _read_json(manager, run_dir, step, "meta")
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt not in READABLE_FORMATS:
+        if isinstance(fmt, int) and fmt > FORMAT:
             raise CheckpointError(
-                f"checkpoint {step} of {run_dir} has format {meta.get('format')}, expected {FORMAT}"
+                f"checkpoint step {step} of {run_dir} has format {fmt}, newer than this "
+                f"version reads ({FORMAT})"
             )
-        model_config = from_dict(ModelConfig, meta["model"])
-        train_config = from_dict(TrainConfig, {"preprocess": "book", **meta["train"]})
+        raise DamagedCheckpointError(run_dir, step, "meta", f"meta has format {fmt!r}")
+    try:
+        model_config = _config(ModelConfig, "model", meta["model"], run_dir, step)
+        train_config = _config(TrainConfig, "train", meta["train"], run_dir, step)
         vocab = Vocab.from_json(json.dumps(meta["vocab"]))
-        if expect_model is not None:
-            _compare("model", to_dict(model_config), to_dict(expect_model))
-        if expect_vocab is not None and vocab != expect_vocab:
-            _compare("vocab", {"tokens": vocab.idx_to_token}, {"tokens": expect_vocab.idx_to_token})
-        optimizer = make_optimizer(train_config)
-        abstract = jax.eval_shape(
-            lambda: init_train_state(
-                model_config, optimizer, train_config.batch_size, jax.random.key(0)
-            )
-        )
-        # Where each restored array goes: one device for now; a mesh later.
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
-        )
-        _compare("params", meta["params_spec"], params_spec(abstract.params))
-        items = {"params": ocp.args.StandardRestore(abstract.params)}
-        if for_training:
-            items["train"] = ocp.args.StandardRestore(
-                {
-                    "opt_state": abstract.opt_state,
-                    "step": abstract.step,
-                    "hidden": abstract.hidden,
-                    "key": jax.eval_shape(jax.random.key_data, abstract.key),
-                }
-            )
-        restored = manager.restore(step, args=ocp.args.Composite(**items))
+        saved_spec = meta["params_spec"]
+        epoch = int(meta["epoch"])
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise DamagedCheckpointError(
+            run_dir, step, "meta", f"meta is incomplete ({type(err).__name__}: {_line(err)})"
+        ) from None
+    if expect_model is not None:
+        _compare("model", to_dict(model_config), to_dict(expect_model))
+    if expect_vocab is not None and vocab != expect_vocab:
+        _compare("vocab", {"tokens": vocab.idx_to_token}, {"tokens": expect_vocab.idx_to_token})
+    optimizer = make_optimizer(train_config)
+    B = train_config.batch_size
+    state = jax.eval_shape(lambda: init_train_state(model_config, optimizer, B, jax.random.key(0)))
+    abstract = {
+        "params": state.params,
+        "train": {
+            "opt_state": state.opt_state,
+            "step": state.step,
+            "hidden": state.hidden,
+            "key": jax.eval_shape(jax.random.key_data, state.key),
+        },
+    }
+    _compare("params", saved_spec, params_spec(abstract["params"]))
+
+    integrity = None
+    if fmt >= 2:
+        integrity = _read_json(manager, run_dir, step, "integrity")
+        try:
+            meta_ok = integrity["meta"] == _json_digest(meta)
+            recorded = {name: integrity["arrays"][name] for name in ("params", "train")}
+        except (KeyError, TypeError) as err:
+            problem = f"integrity is incomplete ({type(err).__name__}: {_line(err)})"
+            raise DamagedCheckpointError(run_dir, step, "integrity", problem) from None
+        if not meta_ok:
+            raise DamagedCheckpointError(run_dir, step, "meta", "meta checksum mismatch")
+
+    abstract = _placed(abstract, sharding)
+    names = ("params", "train") if for_training else ("params",)
+    restored = {}
+    for name in names:
+        tree = _read_item(manager, run_dir, step, name, ocp.args.StandardRestore(abstract[name]))
+        if integrity is not None:
+            _verify_arrays(run_dir, step, name, tree, recorded[name])
+        restored[name] = tree
     state = None
     if for_training:
         train = restored["train"]
@@ -258,18 +516,161 @@ def restore(
         )
     return Restored(
         step=step,
-        epoch=int(meta["epoch"]),
+        epoch=epoch,
         model_config=model_config,
         train_config=train_config,
         vocab=vocab,
         params=restored["params"],
         state=state,
         corpus=meta.get("corpus"),
-        extra=meta.get("extra"),
+        extra=meta.get("extra") or {},
+        metrics=meta.get("metrics") or {},
+        verified=integrity is not None,
     )
 
 
-def _open_existing(run_dir: Path) -> ocp.CheckpointManager:
+def _check_layout(run_dir: Path, step: int) -> None:
+    """Orbax's own records of the step must be there and parse, even where a restore
+    would go on without them: their absence means the folder was damaged. Left out:
+    ``commit_success.txt`` (a marker for object stores without atomic renames) and
+    ``<item>/ocdbt.process_<i>/`` (per-process databases, merged into the item's own
+    database at save time and not read afterwards)."""
+    folder = checkpoint_dir(run_dir) / str(step)
+    for name in ("_CHECKPOINT_METADATA", "params/_METADATA", "train/_METADATA"):
+        item = name.split("/")[0] if "/" in name else "step"
+        try:
+            json.loads((folder / name).read_text())
+        except FileNotFoundError:
+            raise DamagedCheckpointError(run_dir, step, item, f"{name} is missing") from None
+        except (OSError, ValueError) as err:
+            problem = f"{name} is unreadable ({type(err).__name__}: {_line(err)})"
+            raise DamagedCheckpointError(run_dir, step, item, problem) from None
+
+
+def _config(cls: type, section: str, data: Any, run_dir: Path, step: int) -> Any:
+    """``cls`` from the saved ``data``, missing fields filled from ``LEGACY_DEFAULTS``."""
+    if not isinstance(data, dict):
+        raise TypeError(f"meta[{section!r}] is {type(data).__name__}, not an object")
+    names = {f.name for f in dataclasses.fields(cls)}
+    legacy = {k: v for k, v in LEGACY_DEFAULTS.get(section, {}).items() if k in names}
+    try:
+        return from_dict(cls, {**legacy, **data})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint step {step} of {run_dir} cannot be read by this version: {_line(err)}"
+        ) from None
+
+
+def _placed(abstract: Any, sharding: ShardingSpec | None) -> Any:
+    """``abstract``'s leaves as ``ShapeDtypeStruct``s carrying the sharding asked for."""
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if isinstance(sharding, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: sharding, abstract)
+    elif callable(sharding):
+        shardings = jax.tree_util.tree_map_with_path(
+            lambda path, x: sharding(path, tuple(x.shape)), abstract
+        )
+    else:
+        shardings = jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub), sharding, abstract)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+    )
+
+
+def _read_item(
+    manager: ocp.CheckpointManager, run_dir: Path, step: int, name: str, args: Any
+) -> Any:
+    """Item ``name`` of ``step``; any failure to read it is damage named by the item."""
+    try:
+        value = manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+    except Exception as err:  # Orbax, tensorstore and json raise all kinds
+        _silence_orphaned_reads()
+        problem = f"{name} is unreadable ({type(err).__name__}: {_line(err)})"
+        raise DamagedCheckpointError(run_dir, step, name, problem) from None
+    if value is None:
+        raise DamagedCheckpointError(run_dir, step, name, f"{name} is missing")
+    return value
+
+
+def _silence_orphaned_reads() -> None:
+    """After a failed read Orbax closes its event loop while tensorstore still finishes
+    the reads of other leaves; each then reports "Event loop is closed" through
+    ``sys.unraisablehook`` (a traceback on stderr, possibly at exit). Drop exactly those,
+    passing every other unraisable exception on. Installed once, at the first failure."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_rnn_jax_orphaned_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._rnn_jax_orphaned_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _read_json(manager: ocp.CheckpointManager, run_dir: Path, step: int, name: str) -> Any:
+    value = _read_item(manager, run_dir, step, name, ocp.args.JsonRestore())
+    if not isinstance(value, dict):
+        raise DamagedCheckpointError(run_dir, step, name, f"{name} is not a JSON object")
+    return value
+
+
+def _line(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split()) or repr(err)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _problem(manager: ocp.CheckpointManager, run_dir: Path, step: int) -> str | None:
+    """None when ``step`` restores in full and verifies; else what is wrong with it."""
+    try:
+        _restore_step(manager, run_dir, step, None, None, True, None)
+    except CheckpointError as err:
+        return str(err)
+    return None
+
+
+def _newest_intact(
+    manager: ocp.CheckpointManager,
+    run_dir: Path,
+    before: int | None = None,
+    exclude: int | None = None,
+) -> int | None:
+    for s in reversed(_steps(manager)):
+        skip = s == exclude or (before is not None and s >= before)
+        if not skip and _problem(manager, run_dir, s) is None:
+            return s
+    return None
+
+
+def _intact_hint(manager: ocp.CheckpointManager, run_dir: Path, exclude: int) -> str:
+    intact = _newest_intact(manager, run_dir, exclude=exclude)
+    if intact is None:
+        return "; no intact checkpoint remains"
+    return f"; the newest intact checkpoint is step {intact}: use --step {intact}"
+
+
+def _try_meta(manager: ocp.CheckpointManager, run_dir: Path, step: int) -> dict[str, Any] | str:
+    """The meta of ``step``, or why it cannot be read."""
+    try:
+        return _read_json(manager, run_dir, step, "meta")
+    except CheckpointError as err:
+        return str(err)
+
+
+def _best(metas: dict[int, dict[str, Any] | str]) -> int | None:
+    """The step with the lowest finite recorded ``val_ppl`` (the newest on a tie)."""
+    scored = []
+    for s, meta in metas.items():
+        value = (meta.get("metrics") or {}).get("val_ppl") if isinstance(meta, dict) else None
+        if isinstance(value, int | float) and math.isfinite(value):
+            scored.append((value, -s))
+    return -min(scored)[1] if scored else None
+
+
+def _check_run_dir(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"checkpoint folder not found: {run_dir}")
@@ -277,15 +678,40 @@ def _open_existing(run_dir: Path) -> ocp.CheckpointManager:
         raise CheckpointError(f"{run_dir} is a file, not a run folder")
     if not checkpoint_dir(run_dir).is_dir():
         raise CheckpointError(f"{run_dir} holds no checkpoints/ folder: is it a run folder?")
-    return open_manager(run_dir, CheckpointConfig(), read_only=True)
+    return run_dir
 
 
-def _pick_step(manager: ocp.CheckpointManager, run_dir: Path, step: int | None) -> int:
-    steps = sorted(manager.all_steps())
+def _open_reader(run_dir: Path) -> ocp.CheckpointManager:
+    """A read-only manager; listing is retried while a writer deletes the steps listed."""
+    for attempt in range(RESTORE_ATTEMPTS):
+        try:
+            return open_manager(run_dir, CheckpointConfig(), read_only=True)
+        except Exception as err:  # Orbax stats each step it lists
+            failure = err
+            time.sleep(0.01 * (attempt + 1))
+    raise CheckpointError(f"cannot list the checkpoints of {run_dir}: {_line(failure)}")
+
+
+def _steps(manager: ocp.CheckpointManager) -> list[int]:
+    return sorted(manager.all_steps())
+
+
+def _pick_step(manager: ocp.CheckpointManager, run_dir: Path, step: Step) -> int:
+    steps = _steps(manager)
     if not steps:
         raise CheckpointError(f"{run_dir} holds no finished checkpoint")
-    if step is None:
+    if step is None or step == "latest":
         return steps[-1]
+    if step == "best":
+        best = _best({s: _try_meta(manager, run_dir, s) for s in steps})
+        if best is None:
+            raise CheckpointError(
+                f"no checkpoint of {run_dir} records a validation perplexity; "
+                "name a --step or use the latest"
+            )
+        return best
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise CheckpointError(f"step must be a number, 'latest' or 'best', got {step!r}")
     if step not in steps:
         raise CheckpointError(
             f"{run_dir} has no checkpoint at step {step}; it has steps {', '.join(map(str, steps))}"
@@ -302,18 +728,37 @@ def _compare(what: str, saved: dict[str, Any], expected: dict[str, Any]) -> None
             )
 
 
-# shims
-def has_checkpoints(run_dir) -> bool:
-    d = checkpoint_dir(run_dir)
-    return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+def finished_steps(run_dir: Path) -> list[int]:
+    """The steps of ``run_dir`` whose checkpoint Orbax finished (renamed from its
+    temporary folder), unverified; ``[]`` when there is none."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
 
 
-def steps_after(run_dir, step):
-    d = checkpoint_dir(run_dir)
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and int(p.name) > step)
+def has_checkpoints(run_dir: Path) -> bool:
+    return bool(finished_steps(run_dir))
 
 
-def drop_steps_from(manager, run_dir, step):
-    for s in manager.all_steps():
-        if s >= step:
-            manager.delete(s)
+def set_aside_after(run_dir: Path, step: int) -> tuple[list[int], Path | None]:
+    """Move the checkpoints after ``step`` (a run resumed from an earlier one) out of the
+    manager's way, into ``RUN_DIR/superseded-after-<step>/``, with the metrics they
+    logged: kept, never deleted by the resumed run, restorable with ``--checkpoint`` on
+    that folder. Returns the steps moved and the folder (None when nothing was later)."""
+    later = [s for s in finished_steps(run_dir) if s > step]
+    if not later:
+        return [], None
+    run_dir = Path(run_dir)
+    target = run_dir / f"superseded-after-{step}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir / f"superseded-after-{step}-{n}"
+    (target / CHECKPOINTS).mkdir(parents=True)
+    for name in ("config.json", "metrics.jsonl", "samples.txt"):
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, target / name)
+    for s in later:
+        (checkpoint_dir(run_dir) / str(s)).rename(target / CHECKPOINTS / str(s))
+    return later, target

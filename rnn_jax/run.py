@@ -302,13 +302,14 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
                 )
                 return Outcome(run_dir, model_config, train_config, dataset, None)
             if main_process:
-                later = checkpoint.steps_after(run_dir, restored.step)
+                moved, aside = checkpoint.set_aside_after(run_dir, restored.step)
                 loop.truncate_logs(run_dir, restored.step)
-                kept = (
-                    f"; later checkpoints {', '.join(map(str, later))} are kept until this run passes them"
-                    if later
-                    else ""
-                )
+                kept = ""
+                if moved:
+                    kept = (
+                        f"; its later checkpoints ({', '.join(map(str, moved))}) are kept in "
+                        f"{aside}"
+                    )
                 echo(f"resuming {run_dir} at step {restored.step} (epoch {restored.epoch}){kept}")
         return _train(
             request, signals, run_dir, model_config, train_config, run_config, dataset, restored
@@ -346,7 +347,6 @@ def _train(
     def save(state: Any, record: dict[str, Any] | None, sums: dict[str, Any] | None) -> None:
         nonlocal saved_any
         step = int(state.step)
-        checkpoint.drop_steps_from(manager, run_dir, step)
         checkpoint.save(
             manager,
             state,
