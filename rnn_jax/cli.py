@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _quiet_logs()
     from rnn_jax.checkpoint import CheckpointError
-    from rnn_jax.run import Interrupted, RunFailed
+    from rnn_jax.run import Interrupted, RunError
 
     commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "info": cmd_info}
     try:
@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as err:
         print(f"rnn-jax: {err}", file=sys.stderr)
         return 128 + err.signum
-    except RunFailed as err:
+    except RunError as err:
         print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except (UsageError, CheckpointError, ValueError, OSError) as err:

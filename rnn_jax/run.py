@@ -15,7 +15,7 @@
 
 ``execute(request)`` runs it and returns an ``Outcome`` or raises: ``Interrupted``
 (a signal before training started: nothing is left but a restartable folder),
-``RunFailed`` (exit 1: the run broke, the message names the last good checkpoint) or
+``RunError`` (exit 1: the run broke, the message names the last good checkpoint) or
 ``ValueError``/``OSError``/``CheckpointError`` (bad input: nothing was written).
 ``train_from_request`` is the CLI's wrapper: it prints and returns the exit status.
 """
@@ -68,7 +68,7 @@ class Interrupted(Exception):  # noqa: N818 (it is what happened, not an error)
         self.signum = signum
 
 
-class RunFailed(Exception):
+class RunError(Exception):
     """The run could not go on (a NaN loss, a failed write); exit status 1. The message
     names the last good checkpoint."""
 
@@ -162,11 +162,15 @@ class RunLock:
             raise ValueError(
                 f"run folder {self.run_dir} is in use by {owner}; wait for it or use another --out"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
         self._handle = handle
+
+    def claim(self) -> None:
+        """Name this process as the owner (once the checks passed: a refused command
+        leaves the folder, lock file included, as it was)."""
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self._handle.flush()
 
     def release(self) -> None:
         if self._handle is not None:
@@ -311,6 +315,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
                         f"{aside}"
                     )
                 echo(f"resuming {run_dir} at step {restored.step} (epoch {restored.epoch}){kept}")
+        lock.claim() if main_process else None
         return _train(
             request, signals, run_dir, model_config, train_config, run_config, dataset, restored
         )
@@ -395,14 +400,14 @@ def _train(
     except loop.NonFiniteLossError as err:
         signals.training = False
         _close_or_fail(manager)
-        raise RunFailed(f"{err}{_last_good(manager)}") from None
+        raise RunError(f"{err}{_last_good(manager)}") from None
     except checkpoint.CheckpointWriteError as err:
         signals.training = False
-        raise RunFailed(str(err)) from None
+        raise RunError(str(err)) from None
     except OSError as err:  # metrics, plot, samples or events could not be written
         signals.training = False
         _close_or_fail(manager)
-        raise RunFailed(
+        raise RunError(
             f"writing to {run_dir} failed ({err.strerror or err}){_last_good(manager)}"
         ) from None
     except BaseException:
@@ -420,7 +425,7 @@ def _close_or_fail(manager: Any) -> None:
     try:
         checkpoint.close(manager)
     except checkpoint.CheckpointWriteError as err:
-        raise RunFailed(str(err)) from None
+        raise RunError(str(err)) from None
 
 
 def _last_good(manager: Any) -> str:
@@ -705,7 +710,7 @@ def _stderr_to(stream: Any) -> Iterator[None]:
 __all__ = [
     "Interrupted",
     "Outcome",
-    "RunFailed",
+    "RunError",
     "RunLock",
     "TrainRequest",
     "describe",
