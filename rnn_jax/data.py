@@ -580,17 +580,26 @@ def load_text_corpus(
             note=meta["note"],
         )
 
-    if cache is not None:
-        sha256 = cache.known_sha256(Path(path), st)
-        if sha256 is not None:
-            key = _digest({"sha256": sha256, "size": st.st_size, **options, "v": CACHE_VERSION})
-            hit = cache.load(key)
-            if hit is not None:
-                return finish(hit[0], Vocab.from_json(hit[1]["vocab"]), hit[1], True)
-
-    hashed_at = time.time_ns()
-    raw = _read_bytes(path)
-    fingerprint = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+    # With a cache, the corpus's sha256 comes from the stat record when it can (no
+    # read), else from reading the file; either finds the entry.
+    raw = None
+    sha256 = None if cache is None else cache.known_sha256(Path(path), st)
+    if sha256 is None:
+        hashed_at = time.time_ns()
+        raw = _read_bytes(path)
+        sha256 = hashlib.sha256(raw).hexdigest()
+    fingerprint = {"sha256": sha256, "size": st.st_size if raw is None else len(raw)}
+    key = _digest({**fingerprint, **options, "v": CACHE_VERSION})
+    hit = None if cache is None else cache.load(key)
+    if hit is not None:
+        if raw is not None and _stat_key(os.stat(path)) == _stat_key(st):
+            cache.remember_sha256(Path(path), st, sha256, hashed_at)
+        return finish(hit[0], Vocab.from_json(hit[1]["vocab"]), hit[1], True)
+    if raw is None:  # the stat record was right but the entry is gone: read after all
+        hashed_at = time.time_ns()
+        raw = _read_bytes(path)
+        fingerprint = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+        key = _digest({**fingerprint, **options, "v": CACHE_VERSION})
     text = _decode(raw, "the shipped corpus" if path is None else path)
     del raw
     tokenize_ = _tokenize_chars if token == "char" else _tokenize_words
@@ -617,7 +626,6 @@ def load_text_corpus(
         "vocab": vocab.to_json(),
     }
     if cache is not None:
-        key = _digest({**fingerprint, **options, "v": CACHE_VERSION})
         cache.store(key, tokens, meta)
         if _stat_key(os.stat(path)) == _stat_key(st):  # unchanged while it was read
             cache.remember_sha256(Path(path), st, fingerprint["sha256"], hashed_at)
