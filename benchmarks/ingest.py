@@ -1,0 +1,133 @@
+"""Corpus ingest: cold and cached ``load_text_corpus``, peak memory, batch building.
+
+    PYTHONPATH=. python benchmarks/ingest.py --sizes 1 10 100 --out benchmarks/results/ingest.md
+
+Generates deterministic corpora of the given sizes (MB of UTF-8): words drawn with the
+Time Machine's word frequencies, a newline after about one word in twelve, and about
+one word in forty from Greek, Cyrillic, CJK or an emoji. For char and word tokens
+(``preprocess="raw"``), each measurement runs in a fresh subprocess so that its peak
+RSS (``resource.getrusage``) is its own: the cold ingest (read, hash, tokenise, write
+the cache), the cached ingest (stat, verify, memmap), and building every minibatch of
+one epoch on demand (``data.epoch_plan``, B 32, T 35, both partitions) from the cached
+memmap. Takes about 1.5 minutes here (two shared cores) for 1, 10 and 100 MB. Results
+(this machine, 2026-11-27) are in the README of the data layer's merge and in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rnn_jax import data
+
+BATCH, STEPS = 32, 35
+FOREIGN = ["Ελληνικά", "λόγος", "Кириллица", "машина", "时间", "机器", "旅行者", "😀", "🕰️"]
+
+
+def make_corpus(path: Path, megabytes: float, seed: int = 0) -> None:
+    """Write ``megabytes`` MB of deterministic text (see the module docstring)."""
+    words, counts = np.unique(data.read_text().split(), return_counts=True)
+    rng = np.random.default_rng(seed)
+    target = int(megabytes * 1_000_000)
+    num_words = int(target / 5.5) + 1000  # about 5.5 bytes per word and separator
+    picks = words[rng.choice(len(words), num_words, p=counts / counts.sum())].astype(object)
+    foreign = rng.random(num_words) < 1 / 40
+    picks[foreign] = np.asarray(FOREIGN, object)[rng.integers(0, len(FOREIGN), foreign.sum())]
+    seps = np.where(rng.random(num_words) < 1 / 12, "\n", " ").astype(object)
+    raw = "".join(itertools.chain.from_iterable(zip(picks, seps, strict=True))).encode()
+    while len(raw) < target:
+        raw += raw[: target - len(raw)]
+    path.write_bytes(raw[:target].decode("utf-8", "ignore").encode())
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(path: str, token: str, cache_dir: str, what: str) -> dict:
+    """One measurement in this process: ``cold`` or ``cached`` ingest, or ``batches``."""
+    started = time.perf_counter()
+    corpus = data.load_text_corpus(path, token=token, preprocess="raw", cache_dir=cache_dir)
+    seconds = time.perf_counter() - started
+    out = {"seconds": seconds, "cached": corpus.cached, "tokens": len(corpus.tokens)}
+    out["vocab"] = len(corpus.vocab)
+    out["dtype"] = corpus.tokens.dtype.name
+    if what == "batches":
+        for partition in ("random", "sequential"):
+            plan = data.epoch_plan(corpus.tokens, BATCH, STEPS, partition, seed=0, epoch=0)
+            started = time.perf_counter()
+            for k in range(len(plan)):
+                plan.batch(k)
+            seconds = time.perf_counter() - started
+            out[f"{partition}_batches_per_s"] = len(plan) / seconds
+            out[f"{partition}_tokens_per_s"] = len(plan) * BATCH * STEPS / seconds
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def _run(path: Path, token: str, cache_dir: Path, what: str) -> dict:
+    cmd = [sys.executable, __file__, "--measure", what, str(path), token, str(cache_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1, 10, 100], help="MB")
+    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        what, path, token, cache_dir = args.measure
+        print(json.dumps(measure(path, token, cache_dir, what)))
+        return
+
+    rows = [
+        "| MB | token | tokens | vocab | dtype | cold s | cached s | peak RSS cold MB "
+        "| peak RSS cached MB | batches/s random | tokens/s random | batches/s sequential "
+        "| tokens/s sequential |",
+        "|" + "---|" * 13,
+    ]
+    work = Path(tempfile.mkdtemp(prefix="rnn_jax_ingest_"))
+    try:
+        for size in args.sizes:
+            path = work / f"corpus_{size:g}MB.txt"
+            make_corpus(path, size)
+            for token in ("char", "word"):
+                cache = work / f"cache_{size:g}_{token}"
+                cold = _run(path, token, cache, "cold")
+                cached = _run(path, token, cache, "cached")
+                batches = _run(path, token, cache, "batches")
+                assert not cold["cached"] and cached["cached"] and batches["cached"]
+                rows.append(
+                    f"| {size:g} | {token} | {cold['tokens']:,} | {cold['vocab']:,} "
+                    f"| {cold['dtype']} | {cold['seconds']:.2f} | {cached['seconds']:.3f} "
+                    f"| {cold['peak_rss_mb']:.0f} | {cached['peak_rss_mb']:.0f} "
+                    f"| {batches['random_batches_per_s']:,.0f} "
+                    f"| {batches['random_tokens_per_s']:,.0f} "
+                    f"| {batches['sequential_batches_per_s']:,.0f} "
+                    f"| {batches['sequential_tokens_per_s']:,.0f} |"
+                )
+                print(rows[-1], flush=True)
+            path.unlink()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = "\n".join(rows)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n", "utf-8")
+
+
+if __name__ == "__main__":
+    main()
