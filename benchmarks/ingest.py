@@ -56,6 +56,8 @@ def _peak_rss_mb() -> float:
 
 def measure(path: str, token: str, cache_dir: str, what: str) -> dict:
     """One measurement in this process: ``cold`` or ``cached`` ingest, or ``batches``."""
+    if what == "baseline":
+        return {"peak_rss_mb": _peak_rss_mb()}
     started = time.perf_counter()
     corpus = data.load_text_corpus(path, token=token, preprocess="raw", cache_dir=cache_dir)
     seconds = time.perf_counter() - started
@@ -75,10 +77,17 @@ def measure(path: str, token: str, cache_dir: str, what: str) -> dict:
     return out
 
 
-def _run(path: Path, token: str, cache_dir: Path, what: str) -> dict:
-    cmd = [sys.executable, __file__, "--measure", what, str(path), token, str(cache_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout)
+def baseline_rss_mb() -> float:
+    """Peak RSS of a fresh process that only imports ``rnn_jax.data`` (and NumPy)."""
+    return json.loads(_run("--measure", "baseline", "", "", ""))["peak_rss_mb"]
+
+
+def _run(*args: str) -> str:
+    """This script in a fresh process. Linux keeps ``ru_maxrss`` across ``exec``, so a
+    child's peak starts at this process's RSS: this one stays small (it never holds a
+    corpus; even the generation runs in a child)."""
+    cmd = [sys.executable, __file__, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
 def main() -> None:
@@ -86,10 +95,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[1, 10, 100], help="MB")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--make", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         what, path, token, cache_dir = args.measure
         print(json.dumps(measure(path, token, cache_dir, what)))
+        return
+    if args.make:
+        make_corpus(Path(args.make[0]), float(args.make[1]))
         return
 
     rows = [
@@ -102,12 +115,13 @@ def main() -> None:
     try:
         for size in args.sizes:
             path = work / f"corpus_{size:g}MB.txt"
-            make_corpus(path, size)
+            _run("--make", str(path), str(size))
             for token in ("char", "word"):
-                cache = work / f"cache_{size:g}_{token}"
-                cold = _run(path, token, cache, "cold")
-                cached = _run(path, token, cache, "cached")
-                batches = _run(path, token, cache, "batches")
+                cache = str(work / f"cache_{size:g}_{token}")
+                cold, cached, batches = (
+                    json.loads(_run("--measure", what, str(path), token, cache))
+                    for what in ("cold", "cached", "batches")
+                )
                 assert not cold["cached"] and cached["cached"] and batches["cached"]
                 rows.append(
                     f"| {size:g} | {token} | {cold['tokens']:,} | {cold['vocab']:,} "
@@ -122,6 +136,10 @@ def main() -> None:
             path.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    rows.append("")
+    rows.append(
+        f"Peak RSS of a process that only imports rnn_jax.data: {baseline_rss_mb():.0f} MB."
+    )
     table = "\n".join(rows)
     print(table)
     if args.out:

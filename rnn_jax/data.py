@@ -31,6 +31,7 @@ import re
 import stat
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -374,7 +375,7 @@ def _tokenize_words(text: str, mode: str, min_freq: int) -> tuple[np.ndarray, Vo
 # --------------------------------------------------------------------------- corpus
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Corpus:
     """A tokenised text and where it came from."""
 
@@ -626,9 +627,12 @@ def load_text_corpus(
         "vocab": vocab.to_json(),
     }
     if cache is not None:
-        cache.store(key, tokens, meta)
-        if _stat_key(os.stat(path)) == _stat_key(st):  # unchanged while it was read
-            cache.remember_sha256(Path(path), st, fingerprint["sha256"], hashed_at)
+        try:
+            cache.store(key, tokens, meta)
+            if _stat_key(os.stat(path)) == _stat_key(st):  # unchanged while it was read
+                cache.remember_sha256(Path(path), st, fingerprint["sha256"], hashed_at)
+        except OSError as err:  # a full or read-only disk costs the cache, not the load
+            warnings.warn(f"could not write the token cache in {cache.folder}: {err}", stacklevel=2)
     return finish(tokens, vocab, meta, False)
 
 

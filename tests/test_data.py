@@ -473,12 +473,25 @@ def test_raw_and_book_tokens_of_a_mixed_text(tmp_path, preprocess, token, tokens
 
 
 def test_time_machine_raw_statistics():
-    """Raw preprocessing of the Time Machine keeps case, digits and punctuation."""
-    corpus, vocab = data.load_corpus(preprocess="raw")
+    """Raw preprocessing of the Time Machine keeps case, digits and punctuation:
+    178,966 char tokens, 71 entries; 32,306 words, 6,950 entries."""
     text = data.read_text()
-    assert len(corpus) == len(text.replace("\r\n", "\n")) == 178966
-    assert len(vocab) == 71
-    assert data.decode(corpus, vocab) == text.replace("\r\n", "\n")
+    corpus = data.load_text_corpus(preprocess="raw")
+    assert len(corpus.tokens) == len(text.replace("\r\n", "\n")) == 178966
+    assert len(corpus.vocab) == 71 and corpus.num_chars == len(text)
+    assert data.decode(corpus.tokens, corpus.vocab) == text.replace("\r\n", "\n")
+    assert corpus.fingerprint == data.corpus_fingerprint()
+    words, vocab = data.load_corpus(preprocess="raw", token="word")
+    assert (len(words), len(vocab)) == (32306, 6950)
+
+
+@pytest.mark.parametrize("token", ["char", "word"])
+def test_time_machine_book_equals_the_list_pipeline(token):
+    """The vectorised book pipeline gives exactly the old list-and-Counter tokens."""
+    tokens = data.tokenize(re.sub("[^A-Za-z]+", " ", data.read_text()).lower(), token)
+    corpus, vocab = data.load_corpus(token=token)
+    assert vocab == data.Vocab(tokens)
+    np.testing.assert_array_equal(corpus, vocab[tokens])
 
 
 def _random_text(rng, n):
