@@ -15,8 +15,10 @@ Preprocessing (``preprocess=``):
   whitespace with ``str.split()``'s rule (runs of Unicode whitespace, none empty).
 
 A token array is 1-D of the smallest unsigned dtype that holds the vocabulary
-(uint8, uint16 or uint32), possibly a read-only memmap from the cache; every batch
-builder returns int32.
+(uint8, uint16 or uint32), possibly a read-only memmap from the cache (``_Cache``);
+every batch builder returns int32. ``epoch_batches``/``eval_batches`` materialise an
+epoch ``(K, B, T)``; ``epoch_plan``/``eval_plan`` build the same minibatches one at a
+time from an index plan (the reference and its fast path, held equal by the tests).
 """
 
 from __future__ import annotations
@@ -346,27 +348,32 @@ def _word_chunks(text: str) -> Iterator[str]:
 
 
 def _tokenize_words(text: str, mode: str, min_freq: int) -> tuple[np.ndarray, Vocab]:
-    """Word ids and vocabulary: ``str.split`` per chunk, a C ``Counter``, ids by a C
-    ``map`` over dict lookups (no Python bytecode per token)."""
+    """Word ids and vocabulary with no Python bytecode per token: ``str.split`` per
+    chunk, then one C ``map`` of ``dict.setdefault`` that gives each word the position
+    of its first occurrence; ``searchsorted`` turns those into provisional ids (the
+    order of first appearance) and ``bincount`` counts them."""
     if mode == "book":
         text = b"".join(c.tobytes() for c in _char_chunks(text, "book")).decode("ascii")
-    counts: collections.Counter[str] = collections.Counter()
-    provisional: dict[str, int] = {}
+    first_position: dict[str, int] = {}  # word -> where it first occurs, in insertion order
+    counts = np.zeros(0, np.int64)
     pieces = []
+    seen = 0
     for chunk in _word_chunks(text):
         words = chunk.split()
-        counts.update(words)
-        provisional.update(
-            (w, i)
-            for i, w in enumerate(
-                itertools.islice(counts, len(provisional), None), len(provisional)
-            )
-        )
-        dtype = id_dtype(len(provisional))
-        pieces.append(np.fromiter(map(provisional.__getitem__, words), dtype, len(words)))
-    vocab = Vocab.from_counts(counts, min_freq=min_freq)
+        positions = map(first_position.setdefault, words, itertools.count(seen))
+        first = np.fromiter(positions, np.int64, len(words))
+        seen += len(words)
+        firsts = np.fromiter(first_position.values(), np.int64, len(first_position))
+        provisional = np.searchsorted(firsts, first)  # firsts is increasing
+        chunk_counts = np.bincount(provisional, minlength=len(firsts))
+        chunk_counts[: len(counts)] += counts
+        counts = chunk_counts
+        pieces.append(provisional.astype(id_dtype(len(firsts))))
+    vocab = Vocab.from_counts(dict(zip(first_position, counts.tolist(), strict=True)), min_freq)
     lookup = np.fromiter(
-        map(vocab.token_to_idx.get, provisional, itertools.repeat(0)), vocab.dtype, len(provisional)
+        map(vocab.token_to_idx.get, first_position, itertools.repeat(0)),
+        vocab.dtype,
+        len(first_position),
     )
     ids = np.concatenate([lookup[p] for p in pieces]) if pieces else np.zeros(0, vocab.dtype)
     return ids, vocab
