@@ -523,14 +523,14 @@ class _Cache:
         digest = hashlib.sha256()
 
         def write_tokens(f):
-            np.lib.format.write_array(HashingWriter(f, digest), tokens, allow_pickle=False)
+            np.lib.format.write_array(_HashingWriter(f, digest), tokens, allow_pickle=False)
 
         _write_atomic(npy, write_tokens)
         meta = {**meta, "tokens_sha256": digest.hexdigest(), "version": CACHE_VERSION}
         _write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
 
 
-class HashingWriter:
+class _HashingWriter:
     """A write-only file that also feeds what it writes to a hash."""
 
     def __init__(self, f, digest) -> None:
