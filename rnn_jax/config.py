@@ -259,6 +259,7 @@ class RunConfig:
         "token cache folder; none = $XDG_CACHE_HOME/rnn_jax or ~/.cache/rnn_jax",
         metavar="DIR",
     )
+    cache: bool = option(True, "cache the tokens of your corpus (see --cache-dir)")
     tensorboard: bool = option(True, "write TensorBoard event files into the run folder")
 
     def __post_init__(self) -> None:

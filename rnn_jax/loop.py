@@ -69,8 +69,12 @@ class Dataset:
         return len(self.vocab)
 
 
-def load_dataset(config: TrainConfig, cache_dir: str | None = None) -> Dataset:
-    """Corpus -> train/validation split, checked to hold at least one minibatch."""
+def load_dataset(config: TrainConfig, cache_dir: str | bool | None = None) -> Dataset:
+    """Corpus -> train/validation split, checked to hold at least one minibatch.
+
+    ``cache_dir``: the token cache (``True``: the default folder; ``None``: none); see
+    ``data.load_text_corpus``.
+    """
     corpus = data.load_text_corpus(
         config.corpus,
         token=config.token,
@@ -82,16 +86,7 @@ def load_dataset(config: TrainConfig, cache_dir: str | None = None) -> Dataset:
     if config.max_tokens is not None:
         tokens = tokens[: config.max_tokens]
     train, val = data.train_val_split(tokens, config.val_fraction)
-    try:
-        data.check_batch_sizes(len(train), config.batch_size, config.num_steps)
-    except ValueError as err:
-        kept = ""
-        if config.preprocess == "book" and corpus.num_chars:
-            kept = (
-                f" (book preprocessing kept {corpus.kept:,} tokens of {corpus.num_chars:,} "
-                "characters; --preprocess raw keeps them all)"
-            )
-        raise ValueError(f"{err}{kept}") from None
+    corpus.check_batch_sizes(len(train), config.batch_size, config.num_steps)
     return Dataset(
         train,
         val,
@@ -116,18 +111,20 @@ def total_steps(config: TrainConfig, dataset: Dataset) -> int:
     return steps if config.max_steps is None else min(steps, config.max_steps)
 
 
-def epoch_batches(dataset: Dataset, config: TrainConfig, epoch: int) -> data.EpochBatches:
-    """The K minibatches of ``epoch``, built on demand (``plan[k] -> (X, Y)``), a pure
-    function of ``(seed, epoch)``."""
-    K = batches_per_epoch(len(dataset.train), config.batch_size, config.num_steps)
-    return data.EpochBatches(
+def epoch_batches(
+    dataset: Dataset, config: TrainConfig, epoch: int, rows: tuple[int, int] | None = None
+) -> data.EpochPlan:
+    """The K minibatches of ``epoch``, built on demand (``plan[k] -> (X, Y)`` int32
+    ``(B, T)``), a pure function of ``(seed, epoch)``; ``rows`` builds only those rows
+    (a process's share of the batch)."""
+    return data.epoch_plan(
         dataset.train,
         config.batch_size,
         config.num_steps,
         config.partition,
         config.seed,
         epoch,
-        num_batches=K,
+        rows=rows,
     )
 
 
@@ -294,12 +291,12 @@ def fit(
     bar = tqdm(total=total, initial=start_step, unit="step", disable=_no_bar(progress), leave=False)
     loss_sum, grad_norm_sum, num_batches, elapsed = _restore_sums(sums)
     interrupted = False
-    plan = None
+    plan, plan_epoch = None, None
     try:
         for s in range(start_step, total):
             epoch, k = divmod(s, K)
-            if plan is None or plan.epoch != epoch:
-                plan = epoch_batches(dataset, config, epoch)
+            if plan_epoch != epoch:
+                plan, plan_epoch = epoch_batches(dataset, config, epoch), epoch
             if k == 0:
                 # The book restarts the state each epoch (a fresh array: the step donates it).
                 state = state.replace(hidden=model.zero_state(model_config, config.batch_size))

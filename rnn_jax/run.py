@@ -258,7 +258,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
     try:
         if request.resume is None:
             train_config = TrainConfig(**train_fields)
-            dataset = loop.load_dataset(train_config, cache_dir=run_config.cache_dir)
+            dataset = loop.load_dataset(train_config, cache_dir=_cache(run_config))
             vocab_size = model_fields.pop("vocab_size", dataset.vocab_size)
             if vocab_size != dataset.vocab_size:
                 raise ValueError(
@@ -296,7 +296,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
             )
             saved_run = _saved_run_config(run_dir)
             run_config = RunConfig(**{**saved_run, **run_fields})
-            dataset = loop.load_dataset(train_config, cache_dir=run_config.cache_dir)
+            dataset = loop.load_dataset(train_config, cache_dir=_cache(run_config))
             _check_corpus(restored, dataset, run_dir)
             loop.check_run(model_config, train_config, dataset, run_config)
             if restored.step >= loop.total_steps(train_config, dataset):
@@ -417,6 +417,11 @@ def _train(
         raise
     _close_or_fail(manager)
     return Outcome(run_dir, model_config, train_config, dataset, result, signals.received)
+
+
+def _cache(run_config: RunConfig) -> str | bool | None:
+    """The token cache: ``--cache-dir``, else the default folder; none with ``--no-cache``."""
+    return (run_config.cache_dir or True) if run_config.cache else None
 
 
 def _close_or_fail(manager: Any) -> None:

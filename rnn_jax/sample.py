@@ -14,9 +14,16 @@ each token from the logits:
   probability reaches ``p``;
 * beam: the ``K`` best continuations by length-normalised log-probability.
 
-Sampling is reproducible: step ``n`` draws with ``jax.random.split(key, N)[n]``, so the
-same key gives the same text. Temperature divides the logits before top-k/top-p filter
-them.
+Sampling is reproducible: ``generate`` draws step ``n`` of the whole batch with
+``jax.random.split(key, N)[n]``, so the same key gives the same text. Temperature divides
+the logits before top-k/top-p filter them.
+
+``predict`` takes prefixes of any lengths: it runs each group of equal length as one
+batch, and gives every row its own key so that the grouping cannot change a row's
+text. The rule: with B prefixes, row ``i`` samples with ``row_key = split(key, B)[i]``
+(or ``key[i]`` when ``key`` already holds B keys), and its step ``n`` with
+``split(row_key, N)[n]`` (``generate_rows``). Prefix ``i`` generated alone with
+``key=row_keys[i:i + 1]`` therefore gets exactly the text it gets in the call.
 """
 
 from __future__ import annotations
@@ -158,6 +165,29 @@ def generate(
     return _decode(model_config, params, prefix, num_preds, pick, keys)
 
 
+@partial(jax.jit, static_argnames=("model_config", "num_preds", "sampling"))
+def generate_rows(
+    model_config: ModelConfig,
+    params: model.Params,
+    prefix: jax.Array,
+    num_preds: int,
+    sampling: SamplingConfig,
+    row_keys: jax.Array,
+) -> jax.Array:
+    """Continuation ``(B, N)`` of ``prefix`` ``(B, P)`` by a stochastic strategy, row ``b``
+    drawing step ``n`` with ``split(row_keys[b], N)[n]``: a row's text depends on its
+    prefix and its key only, not on the other rows."""
+    if not sampling.stochastic:
+        raise ValueError(f"generate_rows samples; strategy {sampling.strategy!r} does not")
+
+    def pick(logits, keys):  # (B, V), (B,)
+        filtered = filter_logits(logits, sampling)
+        return jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, filtered)
+
+    keys = jax.vmap(lambda k: jax.random.split(k, num_preds))(row_keys)  # (B, N)
+    return _decode(model_config, params, prefix, num_preds, pick, keys.T)
+
+
 @partial(jax.jit, static_argnames=("model_config", "num_preds", "beam_size", "alpha", "eos"))
 def beam_search(
     model_config: ModelConfig,
@@ -230,19 +260,27 @@ def beam_search(
 
 def encode_prefixes(
     prefixes: list[str], vocab: Vocab, token: str = "char", preprocess: str = "book"
-) -> np.ndarray:
-    """Prefixes -> int32 ``(B, P)``; refuses unknown tokens and unequal lengths."""
+) -> list[np.ndarray]:
+    """Prefixes -> one int32 ``(P_i,)`` array each (lengths may differ); refuses unknown
+    tokens (``encode``'s rules for ``preprocess``) and empty prefixes."""
     if not prefixes:
         raise ValueError("need at least one prefix")
-    encoded = [encode(p, vocab, token) for p in prefixes]
-    lengths = {len(e) for e in encoded}
-    if 0 in lengths:
+    encoded = [encode(p, vocab, token, preprocess) for p in prefixes]
+    if any(len(e) == 0 for e in encoded):
         raise ValueError("a prefix must hold at least one token")
-    if len(lengths) > 1:
-        raise ValueError(
-            f"prefixes generated together must have equal lengths, got {sorted(lengths)}"
-        )
-    return np.stack(encoded)
+    return encoded
+
+
+def _row_keys(key: jax.Array, num_rows: int) -> jax.Array:
+    """``num_rows`` keys: ``split(key, num_rows)`` for one key, ``key`` itself for a
+    ``(num_rows,)`` array of keys (raw uint32 keys are wrapped first)."""
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    if key.shape == ():
+        return jax.random.split(key, num_rows)
+    if key.shape != (num_rows,):
+        raise ValueError(f"key must be one key or {num_rows} keys, got shape {key.shape}")
+    return key
 
 
 def predict(
@@ -258,7 +296,14 @@ def predict(
     preprocess: str = "book",
 ) -> str | list[str]:
     """The book's ``predict_ch8``: each prefix followed by its continuation, greedy unless
-    ``sampling`` says otherwise (the stochastic strategies need ``key``)."""
+    ``sampling`` says otherwise (the stochastic strategies need ``key``: one key, or one
+    per prefix; see the module docstring for the per-row rule).
+
+    Prefixes may differ in length: each group of equal length runs as one batch, and a
+    prefix gets the same text whichever prefixes share the call. ``preprocess`` is the
+    corpus's (``"book"`` or ``"raw"``), for ``encode``'s checks. Char tokens are
+    appended as they are; word tokens are joined with spaces.
+    """
     single = isinstance(prefixes, str)
     batch = [prefixes] if single else list(prefixes)
     if num_preds <= 0:
@@ -266,10 +311,22 @@ def predict(
     sampling = sampling or SamplingConfig()
     if sampling.stochastic and key is None:
         raise ValueError(f"strategy {sampling.strategy!r} samples, so it needs a PRNG key")
-    if key is None:
-        key = jax.random.key(0)  # unused by greedy and beam
-    encoded = encode_prefixes(batch, vocab, token)
-    out = np.asarray(generate(model_config, params, encoded, num_preds, sampling, key))
+    encoded = encode_prefixes(batch, vocab, token, preprocess)
+    row_keys = _row_keys(key, len(batch)) if sampling.stochastic else None
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        groups.setdefault(len(ids), []).append(i)
+    outputs: list[np.ndarray] = [np.zeros(0, np.int32)] * len(batch)
+    for rows in groups.values():
+        prefix = np.stack([encoded[i] for i in rows])
+        if sampling.stochastic:
+            ids = generate_rows(
+                model_config, params, prefix, num_preds, sampling, row_keys[np.asarray(rows)]
+            )
+        else:  # greedy and beam ignore the key
+            ids = generate(model_config, params, prefix, num_preds, sampling, jax.random.key(0))
+        for i, row in zip(rows, np.asarray(ids), strict=True):
+            outputs[i] = row
     sep = "" if token == "char" else " "
-    texts = [p + sep + decode(row, vocab, token) for p, row in zip(batch, out, strict=True)]
+    texts = [p + sep + decode(row, vocab, token) for p, row in zip(batch, outputs, strict=True)]
     return texts[0] if single else texts

@@ -29,13 +29,16 @@ TINY = [
 ]  # fmt: skip
 
 
+CACHE = Path(os.environ.get("PYTEST_CACHE_DIR", "/tmp")) / "rnn_jax-test-cache"
+
+
 def rnn_jax(
     *args: str, timeout: float = 120, max_file_bytes: int | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI; ``max_file_bytes`` makes every larger file write fail as a full disk
     would (RLIMIT_FSIZE with SIGXFSZ ignored, so the write returns EFBIG), set by a wrapper
     that then execs the CLI (a ``preexec_fn`` would fork this multithreaded process)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(CACHE)}
     command = [sys.executable, "-m", "rnn_jax", *args]
     if max_file_bytes is not None:
         limit = (

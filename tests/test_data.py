@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +24,7 @@ from rnn_jax.config import ModelConfig, TrainConfig
 def test_shipped_corpus_matches_book_statistics():
     """D2L 9.2 (current edition): 173,428 char tokens, 28 vocab entries, <unk> at 0."""
     corpus, vocab = data.load_corpus()
-    assert corpus.dtype == np.int32 and corpus.ndim == 1
+    assert corpus.dtype == np.uint8 and corpus.ndim == 1  # the smallest dtype for 28 ids
     assert len(corpus) == 173428
     assert len(vocab) == 28
     assert vocab.idx_to_token[0] == "<unk>" and vocab["<unk>"] == 0
@@ -305,11 +311,16 @@ def test_empty_or_blank_file(tmp_path, content):
 
 @pytest.mark.parametrize("token", ["char", "word"])
 def test_file_without_letters(tmp_path, token):
-    """A file with no A-Z/a-z letters leaves nothing to learn: ValueError."""
+    """A file with no A-Z/a-z letters leaves nothing to learn under book preprocessing
+    (ValueError saying what it kept and naming raw); raw preprocessing keeps it all."""
     path = tmp_path / "digits.txt"
     path.write_text("1234 !!\n56 -- 78\n", "utf-8")
-    with pytest.raises(ValueError, match="no letters"):
+    with pytest.raises(ValueError, match=r"no letters.*keeps only A-Z: 0 of 17 .*'raw'"):
         data.load_corpus(path, token=token)
+    corpus, vocab = data.load_corpus(path, token=token, preprocess="raw")
+    assert data.decode(corpus, vocab, token) == (
+        "1234 !!\n56 -- 78\n" if token == "char" else "1234 !! 56 -- 78"
+    )
 
 
 def test_non_utf8_file_names_offset(tmp_path):
@@ -323,6 +334,8 @@ def test_non_utf8_file_names_offset(tmp_path):
 def test_directory_is_refused(tmp_path):
     with pytest.raises(IsADirectoryError):
         data.read_text(tmp_path)
+    with pytest.raises(IsADirectoryError):
+        data.load_corpus(tmp_path)
 
 
 def test_bad_token_and_max_tokens():
@@ -411,3 +424,336 @@ def test_configs_accept_book_defaults():
     config = TrainConfig()
     assert (config.batch_size, config.num_steps, config.lr, config.theta) == (32, 35, 1.0, 1.0)
     assert ModelConfig(vocab_size=28).num_hiddens == 512
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+MIXED = "Ab\tb,\r\nΩω 1 中😀\n"  # tab, CRLF, punctuation, digit, Greek, CJK, an emoji
+
+
+@pytest.mark.parametrize(
+    ("preprocess", "token", "tokens", "order"),
+    [
+        (
+            "raw",
+            "char",
+            ["A", "b", "\t", "b", ",", "\n", "Ω", "ω", " ", "1", " ", "中", "😀", "\n"],
+            ["\n", " ", "b", "\t", ",", "1", "A", "Ω", "ω", "中", "😀"],
+        ),
+        ("book", "char", ["a", "b", " ", "b", " "], [" ", "b", "a"]),
+        ("raw", "word", ["Ab", "b,", "Ωω", "1", "中😀"], ["1", "Ab", "b,", "Ωω", "中😀"]),
+        ("book", "word", ["ab", "b"], ["ab", "b"]),
+    ],
+)
+def test_raw_and_book_tokens_of_a_mixed_text(tmp_path, preprocess, token, tokens, order):
+    """Raw keeps every code point (CRLF -> LF), words split as str.split(); book keeps
+    lowercased A-Z and one space per run of anything else. Vocab: <unk>, then by count,
+    ties by code point."""
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(MIXED.encode("utf-8"))
+    corpus = data.load_text_corpus(path, token=token, preprocess=preprocess)
+    assert corpus.vocab.idx_to_token == ["<unk>", *order]
+    assert corpus.vocab.to_tokens(corpus.tokens) == tokens
+    assert corpus.num_chars == len(MIXED) == 15
+    assert corpus.kept == len(tokens)
+    assert corpus.fingerprint == data.corpus_fingerprint(path)
+    assert corpus.fingerprint["size"] == len(MIXED.encode())
+    assert data.tokenize(MIXED, token, preprocess=preprocess) == tokens
+    np.testing.assert_array_equal(
+        data.encode(
+            MIXED if preprocess == "raw" else data.decode(corpus.tokens, corpus.vocab, token),
+            corpus.vocab,
+            token,
+            preprocess,
+        ),
+        corpus.tokens,
+    )
+    if token == "char" and preprocess == "raw":
+        assert data.decode(corpus.tokens, corpus.vocab) == MIXED.replace("\r\n", "\n")
+
+
+def test_time_machine_raw_statistics():
+    """Raw preprocessing of the Time Machine keeps case, digits and punctuation:
+    178,966 char tokens, 71 entries; 32,306 words, 6,950 entries."""
+    text = data.read_text()
+    corpus = data.load_text_corpus(preprocess="raw")
+    assert len(corpus.tokens) == len(text.replace("\r\n", "\n")) == 178966
+    assert len(corpus.vocab) == 71 and corpus.num_chars == len(text)
+    assert data.decode(corpus.tokens, corpus.vocab) == text.replace("\r\n", "\n")
+    assert corpus.fingerprint == data.corpus_fingerprint()
+    words, vocab = data.load_corpus(preprocess="raw", token="word")
+    assert (len(words), len(vocab)) == (32306, 6950)
+
+
+@pytest.mark.parametrize("token", ["char", "word"])
+def test_time_machine_book_equals_the_list_pipeline(token):
+    """The vectorised book pipeline gives exactly the old list-and-Counter tokens."""
+    tokens = data.tokenize(re.sub("[^A-Za-z]+", " ", data.read_text()).lower(), token)
+    corpus, vocab = data.load_corpus(token=token)
+    assert vocab == data.Vocab(tokens)
+    np.testing.assert_array_equal(corpus, vocab[tokens])
+
+
+def _random_text(rng, n):
+    # U+212A (Kelvin sign) lowercases to "k" but is not in [A-Za-z]
+    pool = [*"aZbYq  \t\n\r\n.,'-09", "é", "Ω", "ж", "中", "😀", "\u2028", "K", "\u212a"]
+    return "".join(rng.choice(pool, size=n))
+
+
+def test_book_code_points_equal_the_regex():
+    """The vectorised book preprocessing equals the regex, whole and cut in pieces."""
+    text = data.read_text()
+    got = data.book_code_points(data.code_points(text)).tobytes().decode("ascii")
+    assert got == data.preprocess(text, "book")
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 2, 7, 100, 1000):
+        for _ in range(5):
+            text = _random_text(rng, n)
+            want = data.preprocess(text, "book")
+            cps = data.code_points(text)
+            assert data.book_code_points(cps).tobytes().decode("ascii") == want
+            cut = int(rng.integers(0, n + 1))
+            first = data.book_code_points(cps[:cut])
+            after = cut == 0 or (text[cut - 1].isascii() and text[cut - 1].isalpha())
+            rest = data.book_code_points(cps[cut:], after_letter=after)
+            assert (first.tobytes() + rest.tobytes()).decode("ascii") == want
+
+
+@pytest.mark.parametrize("token", ["char", "word"])
+@pytest.mark.parametrize("preprocess", ["book", "raw"])
+def test_vectorised_tokenising_equals_list_reference(tmp_path, monkeypatch, preprocess, token):
+    """Chunked, vectorised tokenising (chunks of 7 here) == Vocab(list of tokens)."""
+    monkeypatch.setattr(data, "_CHUNK", 7)
+    rng = np.random.default_rng(1)
+    path = tmp_path / "random.txt"
+    for n in (5, 60, 500):
+        text = _random_text(rng, n) + " abc"
+        path.write_bytes(text.encode())
+        for min_freq in (0, 3):
+            corpus, vocab = data.load_corpus(
+                path, token=token, preprocess=preprocess, min_freq=min_freq
+            )
+            tokens = data.tokenize(text, token, preprocess=preprocess)
+            want = data.Vocab(tokens, min_freq=min_freq)
+            assert vocab == want
+            assert corpus.dtype == np.uint8
+            np.testing.assert_array_equal(corpus, want[tokens])
+
+
+def test_id_dtype_is_the_smallest_unsigned():
+    assert data.id_dtype(256) == np.uint8 and data.id_dtype(257) == np.uint16
+    assert data.id_dtype(65536) == np.uint16 and data.id_dtype(65537) == np.uint32
+
+
+def test_too_short_error_says_what_preprocessing_kept(tmp_path):
+    """A corpus that book preprocessing shrank below one minibatch says so."""
+    path = tmp_path / "greek.txt"
+    path.write_text("Ελληνικά και λίγα English words. " * 20, "utf-8")
+    corpus = data.load_text_corpus(path)
+    assert "keeps only A-Z: 240 of 660 characters" in corpus.note
+    with pytest.raises(ValueError, match=r"too short.*keeps only A-Z.*preprocess='raw'"):
+        corpus.check_batch_sizes(len(corpus.tokens), 32, 35)
+    raw = data.load_text_corpus(path, preprocess="raw")
+    assert raw.kept == 660 and "raw preprocessing kept all 660" in raw.note
+
+
+def test_non_regular_files_are_refused_before_reading(tmp_path):
+    """A FIFO or a device is refused by path (opening a FIFO would block)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for bad in (fifo, Path("/dev/zero")):
+        for load in (data.load_corpus, data.read_text, data.corpus_fingerprint):
+            with pytest.raises(ValueError, match=re.escape(str(bad))):
+                load(bad)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _write(path, text):
+    path.write_bytes(text.encode("utf-8"))
+    old = time.time_ns() - 10_000_000_000  # not "racy": the stat fast path applies
+    os.utime(path, ns=(old, old))
+
+
+def test_cache_round_trip_and_stat_fast_path(tmp_path, monkeypatch):
+    """A second load comes from the cache (a read-only memmap equal to a fresh
+    tokenisation) without reading or hashing the corpus when its stat is unchanged."""
+    path, cache = tmp_path / "tm.txt", tmp_path / "cache"
+    _write(path, data.read_text()[:20000])
+    fresh = data.load_text_corpus(path, token="word", preprocess="raw")
+    first = data.load_text_corpus(path, token="word", preprocess="raw", cache_dir=cache)
+    assert not fresh.cached and not first.cached
+
+    def no_read(path):
+        raise AssertionError("the corpus was read")
+
+    monkeypatch.setattr(data, "_read_bytes", no_read)
+    again = data.load_text_corpus(path, token="word", preprocess="raw", cache_dir=cache)
+    assert again.cached and isinstance(again.tokens, np.memmap)
+    assert not again.tokens.flags.writeable
+    np.testing.assert_array_equal(again.tokens, fresh.tokens)
+    assert again.tokens.dtype == fresh.tokens.dtype == np.uint16
+    assert again.vocab == fresh.vocab
+    for field in ("num_chars", "kept", "fingerprint", "note", "preprocess", "token"):
+        assert getattr(again, field) == getattr(fresh, field), field
+    short = data.load_text_corpus(
+        path, token="word", preprocess="raw", cache_dir=cache, max_tokens=10
+    )
+    np.testing.assert_array_equal(short.tokens, fresh.tokens[:10])
+
+
+def test_cache_misses_on_changed_bytes_or_options(tmp_path):
+    """Same size, same mtime, other bytes: a miss (content hash). Other options: a miss."""
+    path, cache = tmp_path / "c.txt", tmp_path / "cache"
+    path.write_text("the time traveller " * 10, "utf-8")
+    assert not data.load_text_corpus(path, cache_dir=cache).cached
+    assert data.load_text_corpus(path, cache_dir=cache).cached
+    st = os.stat(path)
+    path.write_text("the time travellex " * 10, "utf-8")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    changed = data.load_text_corpus(path, cache_dir=cache)
+    assert not changed.cached and "x" in changed.vocab.idx_to_token
+    for options in ({"preprocess": "raw"}, {"token": "word"}, {"min_freq": 2}):
+        assert not data.load_text_corpus(path, cache_dir=cache, **options).cached
+        assert data.load_text_corpus(path, cache_dir=cache, **options).cached
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "meta"])
+def test_corrupt_cache_is_detected_and_rebuilt(tmp_path, damage):
+    """One flipped byte, a truncated token file or broken metadata: rebuilt, not trusted."""
+    path, cache = tmp_path / "c.txt", tmp_path / "cache"
+    path.write_text(data.read_text()[:5000], "utf-8")
+    fresh = data.load_text_corpus(path, cache_dir=cache)
+    (npy,) = cache.glob("*.npy")
+    blob = bytearray(npy.read_bytes())
+    if damage == "flip":
+        blob[-100] ^= 0x01
+        npy.write_bytes(bytes(blob))
+    elif damage == "truncate":
+        npy.write_bytes(bytes(blob[:-7]))
+    else:
+        npy.with_suffix(".json").write_text("{not json", "utf-8")
+    rebuilt = data.load_text_corpus(path, cache_dir=cache)
+    assert not rebuilt.cached
+    np.testing.assert_array_equal(rebuilt.tokens, fresh.tokens)
+    again = data.load_text_corpus(path, cache_dir=cache)
+    assert again.cached
+    np.testing.assert_array_equal(again.tokens, fresh.tokens)
+
+
+def test_two_processes_fill_the_cache_at_once(tmp_path):
+    """Concurrent fills (atomic replace) both succeed and agree; the entry is then valid."""
+    path, cache = tmp_path / "c.txt", tmp_path / "cache"
+    path.write_text(data.read_text() * 3, "utf-8")
+    code = (
+        "import sys, hashlib; from rnn_jax import data; "
+        "c = data.load_text_corpus(sys.argv[1], preprocess='raw', cache_dir=sys.argv[2]); "
+        "print(hashlib.sha256(c.tokens.tobytes()).hexdigest())"
+    )
+    root = Path(data.__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(path), str(cache)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert outs[0][0] == outs[1][0]
+    corpus = data.load_text_corpus(path, preprocess="raw", cache_dir=cache)
+    assert corpus.cached
+    assert hashlib.sha256(corpus.tokens.tobytes()).hexdigest() == outs[0][0].strip()
+    assert not list(cache.glob(".*.tmp"))
+
+
+def test_default_cache_dir(tmp_path, monkeypatch):
+    """cache_dir=True: $XDG_CACHE_HOME/rnn_jax, else ~/.cache/rnn_jax; None: no cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.default_cache_dir() == tmp_path / "xdg" / "rnn_jax"
+    path = tmp_path / "c.txt"
+    path.write_text("the time traveller " * 10, "utf-8")
+    data.load_text_corpus(path, cache_dir=None)
+    assert not (tmp_path / "xdg").exists()
+    data.load_text_corpus(path, cache_dir=True)
+    assert data.load_text_corpus(path, cache_dir=True).cached
+    assert list((tmp_path / "xdg" / "rnn_jax").glob("*.npy"))
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "rnn_jax"
+
+
+# --------------------------------------------------------------------------- batches on demand
+
+
+@pytest.mark.parametrize("partition", ["random", "sequential"])
+@pytest.mark.parametrize(("N", "B", "T"), [(3000, 4, 7), (161, 8, 10), (1001, 4, 25), (999, 1, 1)])
+def test_epoch_plan_equals_materialised_batches(partition, N, B, T):
+    """plan[k] == epoch_batches(...)[k] bit for bit (K as the loop truncates), int32;
+    rows [a:b] built alone == rows [a:b] of the whole batch."""
+    corpus, _ = data.load_corpus(max_tokens=N)  # uint8 ids
+    K = data.batches_per_epoch(N, B, T)
+    assert loop.batches_per_epoch(N, B, T) == K
+    for seed in range(3):
+        for epoch in range(3):
+            Xs, Ys = data.epoch_batches(corpus, B, T, partition, seed, epoch)
+            plan = data.epoch_plan(corpus, B, T, partition, seed, epoch)
+            assert len(plan) == K
+            got_X, got_Y = plan.materialise()
+            assert got_X.dtype == got_Y.dtype == np.int32
+            np.testing.assert_array_equal(got_X, Xs[:K])
+            np.testing.assert_array_equal(got_Y, Ys[:K])
+            for a, b in {(0, 1), (B // 2, B), (B - 1, B)}:
+                part = data.epoch_plan(corpus, B, T, partition, seed, epoch, rows=(a, b))
+                X, Y = part[K - 1]
+                np.testing.assert_array_equal(X, Xs[K - 1, a:b])
+                np.testing.assert_array_equal(Y, Ys[K - 1, a:b])
+
+
+def test_epoch_plan_holds_only_the_index_plan(tmp_path):
+    """Memory: the plan's arrays are the starts (K, B) at most, never (K, B, T) copies,
+    and a memmapped corpus is gathered from, not loaded."""
+    path = tmp_path / "c.txt"
+    path.write_text(data.read_text(), "utf-8")
+    corpus, _ = data.load_corpus(path, cache_dir=tmp_path / "cache")
+    corpus, _ = data.load_corpus(path, cache_dir=tmp_path / "cache")
+    assert isinstance(corpus, np.memmap)
+    B, T = 32, 35
+    K = data.batches_per_epoch(len(corpus), B, T)
+    for partition in ("random", "sequential"):
+        plan = data.epoch_plan(corpus, B, T, partition, seed=0, epoch=0)
+        arrays = [v for k, v in vars(plan).items() if isinstance(v, np.ndarray) and k != "tokens"]
+        assert sum(a.nbytes for a in arrays) <= K * B * 8 + (T + 1) * 8
+        X, Y = plan[0]
+        assert X.shape == Y.shape == (B, T) and X.dtype == np.int32
+        Xs, Ys = data.epoch_batches(corpus, B, T, partition, 0, 0)  # the memmap works there too
+        np.testing.assert_array_equal(Y, Ys[0])
+        np.testing.assert_array_equal(plan[-1][0], Xs[K - 1])
+    with pytest.raises(IndexError):
+        plan[K]
+    with pytest.raises(ValueError, match="rows"):
+        data.epoch_plan(corpus, B, T, "random", 0, 0, rows=(3, 3))
+
+
+@pytest.mark.parametrize(("N", "B", "T"), [(1000, 4, 10), (2, 32, 35), (50, 32, 35), (777, 3, 8)])
+def test_eval_plan_equals_eval_batches(N, B, T):
+    """eval_plan == eval_batches (shrunk B and T for short corpora), also for the first
+    eval_tokens tokens and for row slices."""
+    corpus = (np.arange(N) % 251).astype(np.uint8)
+    for eval_tokens in (None, N // 2 + 2, N):
+        Xs, Ys = data.eval_batches(corpus, B, T, eval_tokens=eval_tokens)
+        plan = data.eval_plan(corpus, B, T, eval_tokens=eval_tokens)
+        assert len(plan) == len(Xs) and (plan.batch_size, plan.num_steps) == Xs.shape[1:]
+        X, Y = plan.materialise()
+        np.testing.assert_array_equal(X, Xs)
+        np.testing.assert_array_equal(Y, Ys)
+        b = plan.batch_size
+        rows = data.eval_plan(corpus, B, T, eval_tokens=eval_tokens, rows=(b - 1, b))
+        np.testing.assert_array_equal(rows.materialise()[1], Ys[:, b - 1 : b])
+    with pytest.raises(ValueError, match="eval_tokens"):
+        data.eval_plan(corpus, B, T, eval_tokens=1)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
 from rnn_jax import data, model, sample
 from rnn_jax.config import ModelConfig
+from tests.conftest import _random_params
 
 NUM_PREDS = 12
 
@@ -86,13 +88,18 @@ def test_trained_continuation_uses_only_vocab_tokens(trained_run, tiny_dataset, 
 
 
 def test_predict_refuses_bad_input(tiny_dataset, tiny_model_config, random_params):
-    """Unknown characters (named), unequal prefix lengths, empty prefixes and
-    num_preds <= 0 raise ValueError before anything runs."""
+    """Unknown characters (named, with the lowercasing hint in book mode only), empty
+    prefixes, a wrong number of keys and num_preds <= 0 raise ValueError before anything
+    runs."""
     params, vocab = random_params(tiny_model_config), tiny_dataset.vocab
-    with pytest.raises(ValueError, match=r"'T'.*'!'"):
+    with pytest.raises(ValueError, match=r"'T'.*'!' \(the corpus was lowercased\)"):
         sample.predict("The time!", 5, tiny_model_config, params, vocab)
-    with pytest.raises(ValueError, match=r"equal lengths, got \[3, 4\]"):
-        sample.predict(["abc", "abcd"], 5, tiny_model_config, params, vocab)
+    with pytest.raises(ValueError, match=r"'T'.*'!'$"):
+        sample.predict("The time!", 5, tiny_model_config, params, vocab, preprocess="raw")
+    hot = sample.SamplingConfig(strategy="temperature")
+    with pytest.raises(ValueError, match="one key or 2 keys"):
+        keys = jax.random.split(jax.random.key(0), 3)
+        sample.predict(["a", "b"], 5, tiny_model_config, params, vocab, sampling=hot, key=keys)
     with pytest.raises(ValueError, match="at least one token"):
         sample.predict("", 5, tiny_model_config, params, vocab)
     with pytest.raises(ValueError, match="at least one prefix"):
@@ -103,10 +110,70 @@ def test_predict_refuses_bad_input(tiny_dataset, tiny_model_config, random_param
 
 
 def test_encode_prefixes_word_tokens():
-    """encode_prefixes with word tokens: one id per word, equal counts required."""
+    """encode_prefixes with word tokens: one int32 array of ids per prefix, any lengths."""
     vocab = data.Vocab(["the", "time", "traveller", "the", "time", "machine"])
     ids = sample.encode_prefixes(["the time", "time machine"], vocab, token="word")
     np.testing.assert_array_equal(ids, [[vocab["the"], vocab["time"]], vocab[["time", "machine"]]])
-    assert ids.dtype == np.int32
-    with pytest.raises(ValueError, match="equal lengths"):
-        sample.encode_prefixes(["the", "time machine"], vocab, token="word")
+    assert all(i.dtype == np.int32 for i in ids)
+    ids = sample.encode_prefixes(["the", "time machine"], vocab, token="word")
+    assert [len(i) for i in ids] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [sample.SamplingConfig(), sample.SamplingConfig(strategy="top-k", top_k=5, temperature=1.5)],
+    ids=["greedy", "top-k"],
+)
+def test_unequal_prefixes_equal_separate_calls(sampling, tiny_dataset, tiny_model_config):
+    """Prefixes of different lengths in one call get exactly what one call per prefix
+    gets: greedy, and a sampler whose row i draws with split(key, B)[i]."""
+    V = tiny_dataset.vocab_size
+    lively = ModelConfig(vocab_size=V, num_hiddens=tiny_model_config.num_hiddens, sigma=0.5)
+    params = _random_params(lively)
+    vocab = tiny_dataset.vocab
+    prefixes = ["time", "a", "they"]  # a group of length 4 (two rows) and one of length 1
+    key = jax.random.key(7)
+    together = sample.predict(
+        prefixes, NUM_PREDS, tiny_model_config, params, vocab, sampling=sampling, key=key
+    )
+    row_keys = jax.random.split(key, len(prefixes))
+    for i, prefix in enumerate(prefixes):
+        alone = sample.predict(
+            [prefix],
+            NUM_PREDS,
+            tiny_model_config,
+            params,
+            vocab,
+            sampling=sampling,
+            key=row_keys[i : i + 1],
+        )
+        assert alone == [together[i]]
+        assert together[i].startswith(prefix)
+    # The same key given as B keys is the same call.
+    again = sample.predict(
+        prefixes, NUM_PREDS, tiny_model_config, params, vocab, sampling=sampling, key=row_keys
+    )
+    assert again == together
+    if sampling.stochastic:  # rows with the same prefix still draw differently
+        twins = sample.predict(
+            ["time", "time"],
+            NUM_PREDS,
+            tiny_model_config,
+            params,
+            vocab,
+            sampling=sampling,
+            key=key,
+        )
+        assert len(set(twins)) > 1
+
+
+def test_raw_prefixes_keep_their_characters(tiny_model_config):
+    """Raw mode: any code point of the vocabulary (capitals, digits, newlines) encodes,
+    CRLF as LF, and char decoding gives the text as is."""
+    vocab = data.Vocab(list("The 1st line.\nΩ second\n"))
+    ids = sample.encode_prefixes(["The\r\nΩ", "1st"], vocab, preprocess="raw")
+    assert data.decode(ids[0], vocab) == "The\nΩ" and data.decode(ids[1], vocab) == "1st"
+    config = ModelConfig(vocab_size=len(vocab), num_hiddens=8, sigma=0.5)
+    params = _random_params(config)
+    text = sample.predict("The\n", 30, config, params, vocab, preprocess="raw")
+    assert text.startswith("The\n") and len(text.replace("<unk>", "?")) == 4 + 30
