@@ -77,7 +77,7 @@ def train(cell: str, num_hiddens: int, seconds: float, compile_times: bool) -> d
     model_config = ModelConfig(dataset.vocab_size, num_hiddens, cell=cell)
     optimizer = step.make_optimizer(config)
     state = step.init_train_state(model_config, optimizer, config.batch_size, jax.random.key(0))
-    Xs, Ys = loop.epoch_batches(dataset, config, 0)
+    Xs, Ys = loop.epoch_batches(dataset, config, 0).materialise()
     batches = [(jax.device_put(x), jax.device_put(y)) for x, y in zip(Xs, Ys, strict=True)]
     train_step = step.make_train_step(model_config, optimizer, carry_hidden=True)
     holder = {"state": state, "k": 0}
@@ -111,7 +111,7 @@ def evaluate(num_hiddens: int, seconds: float) -> dict[str, Any]:
     dataset, config = _book_data()
     model_config = ModelConfig(dataset.vocab_size, num_hiddens)
     params = model.init(model_config, jax.random.key(0))
-    Xs, Ys = (jnp.asarray(a) for a in loop.epoch_batches(dataset, config, 0))
+    Xs, Ys = (jnp.asarray(a) for a in loop.epoch_batches(dataset, config, 0).materialise())
     evaluate_fn = step.make_evaluate(model_config)
 
     def run(n: int) -> Any:

@@ -284,6 +284,7 @@ def fit(
     writer = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(out_dir, model_config, config, run_config)
         if run_config.tensorboard:
             writer = report.EventWriter(out_dir / EVENTS, purge_step=start_step or None)
 
@@ -338,7 +339,8 @@ def fit(
             eval_due = (epoch_end and _due(config.eval_every, epoch, config.num_epochs)) or (
                 config.eval_every_steps and done % config.eval_every_steps == 0
             )
-            if val_batches is not None and (eval_due or done == total):
+            final = done == total and bool(config.eval_every or config.eval_every_steps)
+            if val_batches is not None and (eval_due or final):
                 nll, count = evaluate(state.params, *val_batches)
                 record["val_ppl"] = perplexity(nll, count)
                 if char:

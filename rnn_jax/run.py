@@ -377,8 +377,6 @@ def _train(
         if due:
             save(state, record, None)
 
-    if main_process:
-        loop.write_run_config(run_dir, model_config, train_config, run_config)
     try:
         signals.training = True
         result = loop.fit(

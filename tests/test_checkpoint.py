@@ -344,7 +344,7 @@ def test_legacy_defaults_fill_missing_fields(tmp_path: Path, monkeypatch) -> Non
     legacy = {"train": {"preprocess": "book", "sample_prefix": "the time machine"}, "model": {}}
     monkeypatch.setattr(checkpoint, "LEGACY_DEFAULTS", legacy)
     restored = checkpoint.restore(tmp_path / "old")
-    assert restored.train_config.sample_prefix == "the time machine"
+    assert restored.train_config.sample_prefix == ("the time machine",)
     assert not hasattr(restored.train_config, "preprocess") or restored.train_config.preprocess
 
     save_format_1(tmp_path / "new", make_state(50), {**to_dict(TRAIN), "frobnicate": 3})

@@ -245,7 +245,7 @@ def test_validation_tokens_never_reach_training(partition):
     config = TrainConfig(batch_size=4, num_steps=9, partition=partition, max_tokens=None)
     val_positions = set(val.tolist())
     for epoch in range(10):
-        Xs, Ys = loop.epoch_batches(dataset, config, epoch)
+        Xs, Ys = loop.epoch_batches(dataset, config, epoch).materialise()
         assert not val_positions & set(np.unique(Xs).tolist())
         assert not val_positions & set(np.unique(Ys).tolist())
     Xv, Yv = data.eval_batches(val, 4, 9)
@@ -270,7 +270,7 @@ def test_loop_epoch_batches_has_k_batches_every_epoch(N, B, T):
                 batch_size=B, num_steps=T, partition=partition, seed=seed, max_tokens=None
             )
             for epoch in range(12):
-                Xs, Ys = loop.epoch_batches(dataset, config, epoch)
+                Xs, Ys = loop.epoch_batches(dataset, config, epoch).materialise()
                 assert Xs.shape == Ys.shape == (K, B, T)
                 np.testing.assert_array_equal(Ys, Xs + 1)
 
@@ -402,7 +402,7 @@ def test_model_config_refuses_bad_values(kwargs):
         ({"num_steps": -1}, "num_steps"),
         ({"num_epochs": 0}, "num_epochs"),
         ({"num_preds": 0}, "num_preds"),
-        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -1}, "max_tokens"),
         ({"lr": -0.1}, "lr"),
         ({"lr": 0.0}, "lr"),
         ({"theta": -1.0}, "theta"),

@@ -17,7 +17,7 @@ import pytest
 
 from rnn_jax import config as config_lib
 from rnn_jax import data, loop, loss, model, step
-from rnn_jax.config import ModelConfig, TrainConfig
+from rnn_jax.config import ModelConfig, RunConfig, TrainConfig
 
 V, H, B, T = 11, 16, 4, 6
 MODEL = ModelConfig(vocab_size=V, num_hiddens=H, sigma=0.3)
@@ -234,7 +234,7 @@ def test_compiled_step_carries_hidden_and_traces_once(monkeypatch, make_state):
     for epoch in range(2):
         state = state.replace(hidden=model.zero_state(MODEL, B))  # as loop.fit does
         h_in = np.zeros((B, H), np.float32)
-        Xs, Ys = loop.epoch_batches(dataset, config, epoch)
+        Xs, Ys = loop.epoch_batches(dataset, config, epoch).materialise()
         for X, Y in zip(Xs, Ys, strict=True):
             params = jax.tree.map(np.asarray, state.params)  # the step donates its input
             state, metrics = train_step(state, (X, Y))
@@ -390,14 +390,15 @@ def test_fit_writes_run_folder(trained_run, tiny_model_config):
     assert (out_dir / loop.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (out_dir / loop.SAMPLES).read_text("utf-8").splitlines()
     assert len(lines) == 1  # sample_every == num_epochs: once, at the end
-    epoch, text = lines[0].split("\t")
-    assert epoch == f"epoch {config.num_epochs}"
+    step, epoch, text = lines[0].split("\t")
+    assert (step, epoch) == (f"step {records[-1]['step']}", f"epoch {config.num_epochs}")
     assert text.startswith(config.sample_prefix[0])
     assert len(text) == len(config.sample_prefix[0]) + config.num_preds
     payload = json.loads((out_dir / loop.RUN_CONFIG).read_text())
     assert config_lib.from_dict(ModelConfig, payload["model"]) == tiny_model_config
     assert config_lib.from_dict(TrainConfig, payload["train"]) == config
-    assert payload["run"]["jax"] == jax.__version__
+    assert config_lib.from_dict(RunConfig, payload["run"]) == RunConfig()
+    assert payload["run_info"]["jax"] == jax.__version__
 
 
 def test_fit_is_reproducible_and_compiles_once(
