@@ -99,6 +99,19 @@ def load_dataset(config: TrainConfig, cache_dir: str | bool | None = None) -> Da
     )
 
 
+def describe_data(config: TrainConfig, dataset: Dataset) -> str:
+    """The start-of-run summary: where the text came from, what preprocessing kept, and
+    how many tokens train and validate."""
+    source = config.corpus or "the shipped Time Machine"
+    used = len(dataset.train) + len(dataset.val)
+    cut = "" if used == dataset.num_tokens else f", the first {used:,} used"
+    return (
+        f"data: {source}: {dataset.num_chars:,} characters, {dataset.preprocess} preprocessing "
+        f"-> {dataset.num_tokens:,} {dataset.token} tokens{cut}, vocabulary {dataset.vocab_size:,}; "
+        f"{len(dataset.train):,} train / {len(dataset.val):,} validation tokens"
+    )
+
+
 def batches_per_epoch(num_tokens: int, batch_size: int, num_steps: int) -> int:
     """K, the same for every epoch and both partitions (whatever the random offset)."""
     return (num_tokens - num_steps) // (batch_size * num_steps)
@@ -285,8 +298,10 @@ def fit(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(out_dir, model_config, config, run_config)
-        if run_config.tensorboard:
+        if run_config.tensorboard and report.EventWriter.available():
             writer = report.EventWriter(out_dir / EVENTS, purge_step=start_step or None)
+        elif run_config.tensorboard:
+            echo("note: tensorboardX is not installed; no TensorBoard events are written")
 
     history: list[dict[str, Any]] = []
     bar = tqdm(total=total, initial=start_step, unit="step", disable=_no_bar(progress), leave=False)

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import matplotlib
 
@@ -136,7 +136,7 @@ class EventWriter:
     so a resumed curve has no duplicated steps.
     """
 
-    SCALARS = {
+    SCALARS: ClassVar[dict[str, str]] = {
         "train_ppl": "train/perplexity",
         "train_bpc": "train/bits_per_char",
         "val_ppl": "val/perplexity",
@@ -146,6 +146,13 @@ class EventWriter:
         "lr": "train/lr",
         "clipped_fraction": "train/clipped_fraction",
     }
+
+    @staticmethod
+    def available() -> bool:
+        """Whether ``tensorboardX`` can be imported (the GPU image lacks it)."""
+        import importlib.util
+
+        return importlib.util.find_spec("tensorboardX") is not None
 
     def __init__(self, logdir: Path, purge_step: int | None = None) -> None:
         from tensorboardX import SummaryWriter

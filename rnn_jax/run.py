@@ -268,6 +268,8 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
             model_config = ModelConfig(vocab_size=dataset.vocab_size, **model_fields)
             loop.check_run(model_config, train_config, dataset, run_config)
             if main_process:
+                echo(loop.describe_data(train_config, dataset))
+            if main_process:
                 try:
                     created = not run_dir.exists()
                     run_dir.mkdir(parents=True, exist_ok=True)
@@ -494,6 +496,37 @@ def _check_corpus(restored: Any, dataset: Any, run_dir: Path) -> None:
         raise ValueError(
             f"the corpus now gives a different vocabulary than the one {run_dir} was trained with"
         )
+
+
+def train(
+    model: dict[str, Any] | None = None,
+    train: TrainConfig | dict[str, Any] | None = None,
+    *,
+    run: RunConfig | dict[str, Any] | None = None,
+    out: Path | None = None,
+    resume: Path | None = None,
+    echo: Callable[[str], None] = tqdm.write,
+    progress: bool | None = None,
+) -> Outcome:
+    """The life cycle for experiments and notebooks: ``execute`` with the configs given
+    as objects (``model``: the ``ModelConfig`` fields but ``vocab_size``, which comes
+    from the data). Raises as ``execute`` does; a signal is not handled here."""
+
+    def fields(config: Any) -> dict[str, Any]:
+        return dict(config) if isinstance(config, dict) else to_dict(config) if config else {}
+
+    request = TrainRequest(
+        model=dict(model or {}),
+        train=fields(train),
+        run=fields(run),
+        out=out,
+        resume=resume,
+        echo=echo,
+        progress=progress,
+    )
+    signals = Signals()
+    signals.training = True  # no handler is installed: nothing to turn into Interrupted
+    return execute(request, signals)
 
 
 # --------------------------------------------------------------------------- the CLI's wrapper
