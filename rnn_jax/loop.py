@@ -299,7 +299,9 @@ def fit(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(out_dir, model_config, config, run_config)
         if run_config.tensorboard and report.EventWriter.available():
-            writer = report.EventWriter(out_dir / EVENTS, purge_step=start_step or None)
+            writer = report.EventWriter(
+                out_dir / EVENTS, purge_step=start_step + 1 if start_step else None
+            )
         elif run_config.tensorboard:
             echo("note: tensorboardX is not installed; no TensorBoard events are written")
 

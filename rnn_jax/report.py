@@ -131,8 +131,8 @@ class EventWriter:
 
     Scalars per record, at its step: ``train/perplexity``, ``val/perplexity``, their bits
     per character, ``train/tokens_per_s``, ``train/grad_norm`` (before clipping),
-    ``train/lr``; text: the samples. A resumed run passes ``purge_step`` (the step it
-    resumes from): TensorBoard then discards the earlier files' events from that step on,
+    ``train/lr``; text: the samples. A resumed run passes ``purge_step`` (the first step
+    it trains): TensorBoard then discards the earlier files' events from that step on,
     so a resumed curve has no duplicated steps.
     """
 

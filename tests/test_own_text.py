@@ -1,0 +1,134 @@
+"""A user's own text from the shell (issue 9): raw characters kept, defaults that fit the
+corpus, prefixes checked before training, step budgets, bits per character."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rnn_jax import checkpoint, data, report
+from tests.test_cli import assert_one_line_error, rnn_jax
+
+SMALL = ["--num-hiddens", "16", "--batch-size", "4", "--num-steps", "10", "--no-progress"]
+
+SOURCE = '''class Stack:
+    """A LIFO stack (Python source: indentation, newlines, brackets)."""
+
+    def __init__(self):
+        self.items = []
+
+    def push(self, item):
+        self.items.append(item)
+
+    def pop(self):
+        return self.items.pop()
+'''
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 6,000 characters of Python source, with no 'time traveller' in it."""
+    path = tmp_path_factory.mktemp("text") / "stack.py.txt"
+    path.write_text(SOURCE * 20, "utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def raw_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    run_dir = tmp_path_factory.mktemp("own") / "run"
+    proc = rnn_jax(
+        "train", "--out", str(run_dir), "--corpus", str(corpus), "--epochs", "2",
+        "--sample-every", "1", *SMALL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return run_dir, proc.stdout
+
+
+def test_raw_text_trains_with_its_own_defaults(raw_run: tuple[Path, str], corpus: Path) -> None:
+    """A user's file is read raw with all its tokens; the summary says so; the samples
+    start from the validation split's first tokens, newlines included."""
+    run_dir, stdout = raw_run
+    text = corpus.read_text("utf-8")
+    assert f"{len(text):,} characters, raw preprocessing -> {len(text):,} char tokens" in stdout
+    assert "first" not in stdout.splitlines()[0]  # max_tokens: all of the user's corpus
+    config = json.loads((run_dir / "config.json").read_text())["train"]
+    assert (config["preprocess"], config["max_tokens"]) == ("raw", None)
+    restored = checkpoint.restore(run_dir)
+    assert restored.train_config.preprocess == "raw"
+    assert {"\n", "(", ":", "S", '"'} <= set(restored.vocab.idx_to_token)
+    prefix = text[len(text) - int(len(text) * 0.1) :][:16]  # the validation split's start
+    assert repr(prefix)[1:-1] in stdout  # the in-training samples
+    assert "bpc" in stdout
+
+
+def test_raw_run_samples_and_resumes(raw_run: tuple[Path, str], tmp_path: Path) -> None:
+    """`sample` with no prefix uses the run's own; indented code is a valid prefix; the
+    run resumes; eval reports bits per character."""
+    run_dir, _ = raw_run
+    proc = rnn_jax("sample", "--checkpoint", str(run_dir), "--num-chars", "30")
+    assert proc.returncode == 0, proc.stderr
+    proc = rnn_jax(
+        "sample", "--checkpoint", str(run_dir), "--prefix", "    def __init__(self):",
+        "--prefix", "return", "--num-chars", "20",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("    def __init__(self):")
+    proc = rnn_jax("eval", "--checkpoint", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "bits per character" in proc.stdout
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    proc = rnn_jax("train", "--resume", str(copy), "--epochs", "3", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["epoch"] for r in report.read_jsonl(copy / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_bad_prefix_is_refused_before_any_folder(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new"
+    proc = rnn_jax(
+        "train", "--out", str(out), "--corpus", str(corpus), "--sample-prefix", "time traveller",
+        *SMALL,
+    )  # fmt: skip
+    assert_one_line_error(proc, 2, "outside the vocabulary")
+    assert not out.exists()
+
+
+def test_step_budgets_record_steps(corpus: Path, tmp_path: Path) -> None:
+    """--max-steps stops mid-epoch; --eval-every-steps closes records (with validation)
+    every N steps; the first checkpoint comes at the first record."""
+    out = tmp_path / "steps"
+    proc = rnn_jax(
+        "train", "--out", str(out), "--corpus", str(corpus), "--max-steps", "25",
+        "--eval-every-steps", "10", "--save-every", "100", "--sample-every", "0", *SMALL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = report.read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [10, 20, 25]
+    assert all(r["val_ppl"] is not None and "val_bpc" in r for r in records)
+    assert checkpoint.finished_steps(out) == [10, 25]
+
+
+def test_word_tokens_report_unknown_share(tmp_path: Path) -> None:
+    """Word tokens with --min-freq: eval reports the share of <unk> in the scored text."""
+    out = tmp_path / "words"
+    proc = rnn_jax(
+        "train", "--out", str(out), "--token", "word", "--min-freq", "3", "--max-tokens",
+        "3000", "--epochs", "1", "--sample-every", "0", *SMALL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = rnn_jax("eval", "--checkpoint", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "are <unk>" in proc.stdout
+
+
+def test_cached_corpus_equals_fresh_tokenisation(corpus: Path, tmp_path: Path) -> None:
+    """The token cache the CLI fills gives the ids a fresh tokenisation gives."""
+    fresh = data.load_text_corpus(corpus, preprocess="raw")
+    first = data.load_text_corpus(corpus, preprocess="raw", cache_dir=tmp_path)
+    again = data.load_text_corpus(corpus, preprocess="raw", cache_dir=tmp_path)
+    assert again.cached and not first.cached
+    assert (again.tokens == fresh.tokens).all() and again.vocab == fresh.vocab
