@@ -107,7 +107,8 @@ def describe_data(config: TrainConfig, dataset: Dataset) -> str:
     cut = "" if used == dataset.num_tokens else f", the first {used:,} used"
     return (
         f"data: {source}: {dataset.num_chars:,} characters, {dataset.preprocess} preprocessing "
-        f"-> {dataset.num_tokens:,} {dataset.token} tokens{cut}, vocabulary {dataset.vocab_size:,}; "
+        f"-> {dataset.num_tokens:,} {dataset.token} tokens{cut}, "
+        f"vocabulary {dataset.vocab_size:,}; "
         f"{len(dataset.train):,} train / {len(dataset.val):,} validation tokens"
     )
 

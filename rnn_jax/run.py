@@ -683,20 +683,20 @@ def describe(run_dir: Path) -> str:
     except (OSError, ValueError):
         config = None
     if config:
-        model, train = config.get("model", {}), config.get("train", {})
+        m, t = config.get("model", {}), config.get("train", {})
         lines.append(
-            f"  model: {model.get('cell')} x{model.get('num_layers')}, H {model.get('num_hiddens')}, "
-            f"V {model.get('vocab_size')}, init {model.get('init')}, {model.get('compute_dtype')}"
+            f"  model: {m.get('cell')} x{m.get('num_layers')}, H {m.get('num_hiddens')}, "
+            f"V {m.get('vocab_size')}, init {m.get('init')}, {m.get('compute_dtype')}"
         )
         lines.append(
-            f"  data: {train.get('corpus') or 'the shipped Time Machine'}, {train.get('preprocess')} "
-            f"{train.get('token')} tokens, max_tokens {train.get('max_tokens')}, "
-            f"B {train.get('batch_size')} x T {train.get('num_steps')}, {train.get('partition')}"
+            f"  data: {t.get('corpus') or 'the shipped Time Machine'}, {t.get('preprocess')} "
+            f"{t.get('token')} tokens, max_tokens {t.get('max_tokens')}, "
+            f"B {t.get('batch_size')} x T {t.get('num_steps')}, {t.get('partition')}"
         )
         lines.append(
-            f"  optimizer: {train.get('optimizer')} lr {train.get('lr')} ({train.get('schedule')}), "
-            f"theta {train.get('theta')}, epochs {train.get('num_epochs')}, "
-            f"max_steps {train.get('max_steps')}, seed {train.get('seed')}"
+            f"  optimizer: {t.get('optimizer')} lr {t.get('lr')} ({t.get('schedule')}), "
+            f"theta {t.get('theta')}, epochs {t.get('num_epochs')}, "
+            f"max_steps {t.get('max_steps')}, seed {t.get('seed')}"
         )
     owner = _owner(run_dir)
     if owner:
