@@ -202,6 +202,7 @@ def main() -> None:
     ap.add_argument("--theta", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpu", default="0", help="taskset -c CPU for every child")
+    ap.add_argument("--torch-first", action="store_true", help="run the peer before rnn_jax")
     ap.add_argument("--peers-python", type=Path, default=REPO / ".venv-peers" / "bin" / "python")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ttq")
     # the rnn_jax child
@@ -232,7 +233,10 @@ def main() -> None:
                 config = ["--cell", cell, "--optimizer", opt, "--lr", str(LEARNING_RATES[opt])]
                 jax_child = [sys.executable, __file__, "--worker"]
                 torch_child = [str(args.peers_python), str(REPO / "benchmarks" / "torch_ttq.py")]
-                for child in (jax_child, torch_child):
+                children = (
+                    (torch_child, jax_child) if args.torch_first else (jax_child, torch_child)
+                )
+                for child in children:
                     argv = [*pin, *child, *common, *config]
                     lines = run_child(argv, timeout=10 * args.seconds + 300)
                     *curve, final = lines
@@ -243,6 +247,13 @@ def main() -> None:
                         f"val bpc {curve[-1]['val_bpc']:.3f}",
                         flush=True,
                     )
+    results.sort(key=lambda result: result[1]["impl"] != "rnn_jax")
+    results.sort(
+        key=lambda result: (
+            args.cells.index(result[1]["cell"]),
+            args.optimizers.index(result[1]["optimizer"]),
+        )
+    )
     targets = {}
     for curve, final in results:
         key = (final["cell"], final["optimizer"])
@@ -253,7 +264,8 @@ def main() -> None:
         f"Time to quality, raw Time Machine characters (V {vocab_size}), H {args.num_hiddens}, "
         f"B {args.batch_size}, T {args.num_steps}, clip {args.theta}, init uniform; "
         f"{args.seconds:g} s of training per run, validation every {args.eval_every:g} s, "
-        f"one thread on CPU {args.cpu}; harness wall {time.perf_counter() - start:.0f} s, "
+        f"one thread on CPU {args.cpu}, {'the peer' if args.torch_first else 'rnn_jax'} first; "
+        f"harness wall {time.perf_counter() - start:.0f} s, "
         f"load average {os.getloadavg()[0]:.1f} at the end.\n\n"
     )
     print("\n" + header + md)
