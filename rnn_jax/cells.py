@@ -59,22 +59,43 @@ class Cell(NamedTuple):
 
     name: str
     gates: tuple[str, ...]  # suffixes of the weight blocks, in the order they are fused
-    init: Callable[..., Params]  # (key, num_inputs, num_hiddens, sigma=0.01) -> Params
+    init: Callable[..., Params]  # (key, num_inputs, num_hiddens, sigma=0.01, init=) -> Params
     init_state: Callable[..., State]  # (batch_size, num_hiddens, dtype=float32) -> State
     step: Callable[..., tuple[State, jax.Array]]  # (params, state, x (B, D)) -> (state, (B, H))
     recurrence: Callable[..., tuple[Sequence, State]]  # (params, XW (T, B, G H), state)
 
 
 def init_gates(
-    gates: tuple[str, ...], key: jax.Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01
+    gates: tuple[str, ...],
+    key: jax.Array,
+    num_inputs: int,
+    num_hiddens: int,
+    sigma: float = 0.01,
+    init: str = "normal",
 ) -> Params:
-    """``W_x?`` ``(D, H)``, ``W_h?`` ``(H, H)`` ~ N(0, sigma^2) and ``b_?`` zeros for each gate."""
+    """``W_x?`` ``(D, H)``, ``W_h?`` ``(H, H)`` and ``b_?`` ``(H,)`` for each gate.
+
+    ``init="normal"``: the book's weights ~ N(0, sigma^2), biases zero. ``"uniform"``:
+    PyTorch's ``nn.RNN/GRU/LSTM`` default, every weight and bias ~ U(-1/sqrt(H),
+    1/sqrt(H)) (``sigma`` unused). PyTorch keeps two biases per gate, ``b_ih + b_hh``,
+    both drawn so; the book's cells have one, drawn once.
+    """
     params = {}
     for gate, k in zip(gates, jax.random.split(key, len(gates)), strict=True):
-        k_x, k_h = jax.random.split(k)
-        params[f"W_x{gate}"] = sigma * jax.random.normal(k_x, (num_inputs, num_hiddens))
-        params[f"W_h{gate}"] = sigma * jax.random.normal(k_h, (num_hiddens, num_hiddens))
-        params[f"b_{gate}"] = jnp.zeros((num_hiddens,))
+        if init == "normal":
+            k_x, k_h = jax.random.split(k)
+            params[f"W_x{gate}"] = sigma * jax.random.normal(k_x, (num_inputs, num_hiddens))
+            params[f"W_h{gate}"] = sigma * jax.random.normal(k_h, (num_hiddens, num_hiddens))
+            params[f"b_{gate}"] = jnp.zeros((num_hiddens,))
+        elif init == "uniform":
+            k_x, k_h, k_b = jax.random.split(k, 3)
+            bound = 1 / num_hiddens**0.5
+            uniform = functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
+            params[f"W_x{gate}"] = uniform(k_x, (num_inputs, num_hiddens))
+            params[f"W_h{gate}"] = uniform(k_h, (num_hiddens, num_hiddens))
+            params[f"b_{gate}"] = uniform(k_b, (num_hiddens,))
+        else:
+            raise ValueError(f"init must be normal or uniform, got {init!r}")
     return params
 
 

@@ -470,7 +470,13 @@ def _restore_step(
         _compare("model", to_dict(model_config), to_dict(expect_model))
     if expect_vocab is not None and vocab != expect_vocab:
         _compare("vocab", {"tokens": vocab.idx_to_token}, {"tokens": expect_vocab.idx_to_token})
-    optimizer = make_optimizer(train_config)
+    if for_training and fmt == 1:
+        raise CheckpointError(
+            f"checkpoint step {step} of {run_dir} has format 1, from before the optimizer "
+            "state held its hyperparameters: it can be evaluated and sampled, not resumed"
+        )
+    # The optimizer state's shape does not depend on the step budget: any valid one does.
+    optimizer = make_optimizer(train_config, total_steps=train_config.warmup_steps + 1)
     B = train_config.batch_size
     state = jax.eval_shape(lambda: init_train_state(model_config, optimizer, B, jax.random.key(0)))
     abstract = {

@@ -87,8 +87,8 @@ class ModelConfig:
     nonlinearity: str = option("tanh", "activation of the rnn cell", choices=NONLINEARITIES)
     init: str = option(
         "normal",
-        "weight init: normal = the book's N(0, sigma^2); uniform = PyTorch's U(-1/sqrt(H), "
-        "1/sqrt(H)); biases start at 0 either way",
+        "weight init: normal = the book's N(0, sigma^2) weights, zero biases; uniform = "
+        "PyTorch's nn.RNN/GRU/LSTM/Linear: every weight and bias U(-1/sqrt(H), 1/sqrt(H))",
         choices=INITS,
     )
     sigma: float = option(0.01, "std of the normal init of the weights")

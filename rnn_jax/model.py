@@ -96,14 +96,26 @@ def cell_of(config: ModelConfig) -> cells.Cell:
 
 
 def init(config: ModelConfig, key: jax.Array) -> Params:
-    """Parameters of the model ``config`` describes; weights ~ N(0, sigma^2), biases zero."""
+    """Parameters of the model ``config`` describes.
+
+    ``config.init="normal"``: the book's weights ~ N(0, sigma^2), biases zero.
+    ``"uniform"``: PyTorch's defaults, every cell weight and bias ~ U(-1/sqrt(H),
+    1/sqrt(H)) (``cells.init_gates``), and the head ``W_hq``, ``b_q`` ~ the same
+    U(-1/sqrt(H), 1/sqrt(H)), which is ``nn.Linear(H, V)``'s init (fan-in H).
+    """
     cell = cell_of(config)
     V, H, L = config.vocab_size, config.num_hiddens, config.num_layers
     *layer_keys, k_hq = jax.random.split(key, L + 1)
     params: Params = {
-        f"layer_{l}": cell.init(k, V if l == 0 else H, H, config.sigma)
+        f"layer_{l}": cell.init(k, V if l == 0 else H, H, config.sigma, init=config.init)
         for l, k in enumerate(layer_keys)
     }
+    if config.init == "uniform":
+        k_w, k_b = jax.random.split(k_hq)
+        bound = 1 / H**0.5
+        params["W_hq"] = jax.random.uniform(k_w, (H, V), minval=-bound, maxval=bound)
+        params["b_q"] = jax.random.uniform(k_b, (V,), minval=-bound, maxval=bound)
+        return params
     params["W_hq"] = config.sigma * jax.random.normal(k_hq, (H, V))
     params["b_q"] = jnp.zeros((V,))
     return params

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from rnn_jax import model
-from rnn_jax.config import ModelConfig, TrainConfig
+from rnn_jax.config import OPTIMIZER_HYPERPARAMETERS, SCHEDULES, ModelConfig, TrainConfig
 from rnn_jax.loss import cross_entropy, total_nll
 
 Batch = tuple[jax.Array, jax.Array]  # (X, Y), each (B, T) int32
@@ -38,8 +38,107 @@ class TrainState:
 def make_optimizer(
     config: TrainConfig, total_steps: int | None = None
 ) -> optax.GradientTransformation:
-    """The book's update: clip the gradient to global norm ``theta``, then SGD."""
-    return optax.chain(optax.clip_by_global_norm(config.theta), optax.sgd(config.lr))
+    """``chain(clip_by_global_norm(theta), <config.optimizer>)``, its learning rate
+    ``config.lr`` times the schedule's factor at each step (``make_schedule``).
+
+    ``total_steps`` is the run's step budget, which the cosine, warmup-cosine and linear
+    schedules decay over; ``None`` means ``config.max_steps``, and a ``ValueError`` if
+    that is unset too. The optimizer is built with ``optax.inject_hyperparams``: its
+    hyperparameters are arrays in the optimizer state, not compile-time constants, so
+    they can be read (``current_lr``) and differ between the members of a vmapped
+    sweep. The state holds the peak learning rate as ``hyperparams["peak_lr"]`` and the
+    schedule's factor at the last update as ``hyperparams["lr_scale"]``; the inner
+    optimizer uses their product. With the defaults (sgd, constant) the updates are
+    bitwise those of the book's ``chain(clip_by_global_norm(theta), sgd(lr))``.
+    """
+    if total_steps is None:
+        total_steps = config.max_steps
+    hyperparams = {
+        name: getattr(config, name) for name in OPTIMIZER_HYPERPARAMETERS[config.optimizer]
+    }
+    scheduled = optax.inject_hyperparams(_optimizer, static_args="name")(
+        name=config.optimizer,
+        peak_lr=config.lr,
+        lr_scale=_schedule_factor(config, total_steps),
+        **hyperparams,
+    )
+    return optax.chain(optax.clip_by_global_norm(config.theta), scheduled)
+
+
+def _optimizer(
+    name: str,
+    peak_lr: jax.Array,
+    lr_scale: jax.Array,
+    momentum: jax.Array | None = None,
+    b1: jax.Array | None = None,
+    b2: jax.Array | None = None,
+    decay: jax.Array | None = None,
+    weight_decay: jax.Array | None = None,
+) -> optax.GradientTransformation:
+    """The optax optimizer ``name`` at learning rate ``peak_lr * lr_scale``."""
+    lr = peak_lr * lr_scale
+    if name == "sgd":
+        return optax.sgd(lr)
+    if name == "momentum":
+        return optax.sgd(lr, momentum=momentum)
+    if name == "adam":
+        return optax.adam(lr, b1=b1, b2=b2)
+    if name == "adamw":
+        return optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return optax.rmsprop(lr, decay=decay, momentum=momentum)
+    raise ValueError(f"optimizer must be one of {tuple(OPTIMIZER_HYPERPARAMETERS)}, got {name!r}")
+
+
+def current_lr(opt_state: optax.OptState) -> jax.Array:
+    """The learning rate ``()`` float32 the last update of ``make_optimizer``'s
+    optimizer used (before any update: the rate of the first one)."""
+    hyperparams = opt_state[1].hyperparams  # (clip state, inject_hyperparams state)
+    return hyperparams["peak_lr"] * hyperparams["lr_scale"]
+
+
+def make_schedule(config: TrainConfig, total_steps: int | None = None) -> optax.Schedule:
+    """The learning rate at each step count ``t`` (0 for the first update), ``T`` =
+    ``total_steps``, ``W`` = ``config.warmup_steps``, ``lr`` = ``config.lr``:
+
+    * constant: ``lr``;
+    * cosine: ``lr (1 + cos(pi min(t, T) / T)) / 2``, from ``lr`` to 0 at ``T``;
+    * warmup-cosine: ``lr t / W`` for ``t < W``, then the cosine from ``lr`` at ``W`` to
+      0 at ``T``;
+    * linear: ``lr (1 - min(t, T) / T)``.
+
+    The schedules that need ``T`` raise ``ValueError`` when it is ``None``.
+    """
+    factor = _schedule_factor(config, total_steps)
+    if not callable(factor):
+        return lambda count: jnp.full((), config.lr * factor, jnp.float32)
+    return lambda count: config.lr * factor(count)
+
+
+def _schedule_factor(config: TrainConfig, total_steps: int | None) -> float | optax.Schedule:
+    """``make_schedule`` divided by ``lr``: a unit-peak optax schedule, or 1.0 (constant)."""
+    if config.schedule == "constant":
+        return 1.0
+    if total_steps is None:
+        raise ValueError(
+            f"schedule {config.schedule!r} needs the step budget: pass total_steps or set max_steps"
+        )
+    if not (isinstance(total_steps, int) and total_steps > 0):
+        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(1.0, total_steps)
+    if config.schedule == "linear":
+        return optax.linear_schedule(1.0, 0.0, total_steps)
+    if config.schedule == "warmup-cosine":
+        if config.warmup_steps >= total_steps:
+            raise ValueError(
+                f"warmup_steps ({config.warmup_steps}) must be fewer than the {total_steps} "
+                "steps of the budget"
+            )
+        if config.warmup_steps == 0:
+            return optax.cosine_decay_schedule(1.0, total_steps)
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, config.warmup_steps, total_steps)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {config.schedule!r}")
 
 
 def init_train_state(
@@ -131,7 +230,3 @@ def evaluate(
 def make_evaluate(model_config: ModelConfig) -> Callable[..., Any]:
     """``evaluate`` jitted for ``model_config``: ``(params, Xs, Ys) -> (nll_sum, num_tokens)``."""
     return jax.jit(lambda params, Xs, Ys: evaluate(model_config, params, Xs, Ys))
-
-
-def current_lr(opt_state) -> jax.Array:  # shim
-    return jnp.asarray(jnp.nan)
