@@ -76,6 +76,10 @@ class CheckpointWriteError(CheckpointError):
     ``save`` or at ``close``."""
 
 
+class NotResumableError(CheckpointError):
+    """A readable checkpoint whose train state this version cannot resume (format 1)."""
+
+
 class DamagedCheckpointError(CheckpointError):
     """A checkpoint whose files are corrupt, truncated, missing or unreadable."""
 
@@ -471,7 +475,7 @@ def _restore_step(
     if expect_vocab is not None and vocab != expect_vocab:
         _compare("vocab", {"tokens": vocab.idx_to_token}, {"tokens": expect_vocab.idx_to_token})
     if for_training and fmt == 1:
-        raise CheckpointError(
+        raise NotResumableError(
             f"checkpoint step {step} of {run_dir} has format 1, from before the optimizer "
             "state held its hyperparameters: it can be evaluated and sampled, not resumed"
         )
@@ -633,6 +637,16 @@ def _problem(manager: ocp.CheckpointManager, run_dir: Path, step: int) -> str | 
     """None when ``step`` restores in full and verifies; else what is wrong with it."""
     try:
         _restore_step(manager, run_dir, step, None, None, True, None)
+    except NotResumableError:
+        return _problem_of_params(manager, run_dir, step)
+    except CheckpointError as err:
+        return str(err)
+    return None
+
+
+def _problem_of_params(manager: ocp.CheckpointManager, run_dir: Path, step: int) -> str | None:
+    try:
+        _restore_step(manager, run_dir, step, None, None, False, None)
     except CheckpointError as err:
         return str(err)
     return None
