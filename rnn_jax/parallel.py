@@ -29,7 +29,11 @@ from every process's rows. ``is_main_process`` says who prints and writes files.
 
 from __future__ import annotations
 
+import functools
 import re
+import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -48,14 +52,13 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     backend (``None``: all of them, across processes)."""
     available = jax.device_count()
     N = available if num_devices is None else num_devices
-    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+    if not _is_int(N) or N < 1:
         raise ValueError(f"the number of devices must be a positive integer, got {N!r}")
-    if N > available:
+    if available < N:
         raise ValueError(f"asked for {N} devices, {available} exist")
-    if jax.process_count() > 1 and N != available:
+    if jax.process_count() > 1 and available != N:
         raise ValueError(
-            f"with {jax.process_count()} processes the mesh spans all {available} devices, "
-            f"not {N}"
+            f"with {jax.process_count()} processes the mesh spans all {available} devices, not {N}"
         )
     return jax.make_mesh((N,), (AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:N])
 
@@ -106,8 +109,12 @@ def zero_hidden(model_config: ModelConfig, batch_size: int, mesh: Mesh | None = 
     at each epoch."""
     if mesh is None:
         return model.zero_state(model_config, batch_size)
-    zeros = jax.jit(model.zero_state, static_argnums=(0, 1), out_shardings=data_sharding(mesh))
-    return zeros(model_config, batch_size)
+    return _zeros_on(mesh)(model_config, batch_size)
+
+
+@functools.cache
+def _zeros_on(mesh: Mesh) -> Callable[[ModelConfig, int], Any]:
+    return jax.jit(model.zero_state, static_argnums=(0, 1), out_shardings=data_sharding(mesh))
 
 
 def process_rows(batch_size: int, mesh: Mesh) -> tuple[int, int]:
@@ -144,9 +151,7 @@ def eval_sharding(batch_size: int, mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, spec)
 
 
-def put_eval_batches(
-    Xs: np.ndarray, Ys: np.ndarray, mesh: Mesh
-) -> tuple[jax.Array, jax.Array]:
+def put_eval_batches(Xs: np.ndarray, Ys: np.ndarray, mesh: Mesh) -> tuple[jax.Array, jax.Array]:
     """The whole validation split ``(K, B, T)``, which every process holds, placed by
     ``eval_sharding`` (each device reads its own block from the host arrays)."""
     sharding = eval_sharding(Xs.shape[1], mesh)
@@ -180,13 +185,17 @@ def initialize_distributed(
         raise ValueError("give the coordinator, num_processes and process_id together, or none")
     if coordinator is not None:
         if not _ADDRESS.match(coordinator) or not 0 < int(coordinator.rsplit(":", 1)[1]) < 65536:
-            raise ValueError(f"coordinator must be HOST:PORT with a port in 1-65535, got {coordinator!r}")
-        if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+            raise ValueError(
+                f"coordinator must be HOST:PORT with a port in 1-65535, got {coordinator!r}"
+            )
+        if not _is_int(num_processes) or num_processes < 1:
             raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}")
-        if isinstance(process_id, bool) or not isinstance(process_id, int) or not 0 <= process_id < num_processes:
+        if not _is_int(process_id) or not 0 <= process_id < num_processes:
             raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id!r}")
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
+    if not _is_int(timeout_s) or timeout_s < 1:
         raise ValueError(f"timeout_s must be a positive integer, got {timeout_s!r}")
+    if coordinator is not None and process_id != 0:
+        _wait_for(coordinator, timeout_s)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(
@@ -198,6 +207,29 @@ def initialize_distributed(
         raise RuntimeError(
             f"could not join the distributed run{where} within {timeout_s} s: {first}"
         ) from err
+
+
+def _wait_for(coordinator: str, timeout_s: int) -> None:
+    """Wait until ``coordinator`` accepts TCP connections. jax's client aborts the whole
+    process (a fatal log, not an exception) when it cannot register in time, so a
+    coordinator that never comes up is caught here first, as an exception."""
+    host, port = coordinator.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+                return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"could not reach the coordinator {coordinator} within {timeout_s} s: "
+                    f"{err.strerror or err}"
+                ) from None
+            time.sleep(0.2)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_main_process() -> bool:

@@ -37,7 +37,7 @@ MODELS = {  # name -> (cell, num_layers)
     "rnn": ("rnn", 1),
     "gru": ("gru", 1),
     "lstm": ("lstm", 1),
-    "gru2": ("gru", 2),
+    "lstm2": ("lstm", 2),
 }
 LOSS_RTOL = 1e-4
 PARAM_ATOL = 1e-4
@@ -55,28 +55,40 @@ def _model_config(dataset: loop.Dataset, name: str, dtype: str = "float32") -> M
 
 
 def _train(
-    model_config: ModelConfig, config: TrainConfig, dataset: loop.Dataset, mesh=None
+    model_config: ModelConfig,
+    config: TrainConfig,
+    dataset: loop.Dataset,
+    mesh=None,
+    state: step.TrainState | None = None,
 ) -> tuple[list[float], step.TrainState]:
-    """``config.num_epochs`` epochs as ``loop.fit`` runs them, on ``mesh`` or one device:
-    the loss of every step and the final state (as NumPy)."""
+    """``config.num_epochs`` epochs as ``loop.fit`` runs them, on ``mesh`` or one device,
+    from a copy of ``state`` (or a fresh one): the loss of every step and the final state."""
     optimizer = step.make_optimizer(config)
-    key = jax.random.key(config.seed)
-    state = step.init_train_state(model_config, optimizer, config.batch_size, key, mesh)
+    if state is None:
+        key = jax.random.key(config.seed)
+        state = step.init_train_state(model_config, optimizer, config.batch_size, key, mesh)
+    else:
+        state = jax.tree.map(jnp.copy, state)  # the step donates it
+        if mesh is not None:
+            state = parallel.shard_state(state, mesh)
     train_step = step.make_train_step(
         model_config, optimizer, config.partition == "sequential", mesh
     )
-    start, stop = (0, config.batch_size) if mesh is None else parallel.process_rows(
-        config.batch_size, mesh
-    )
+    B = config.batch_size
+    start, stop = (0, B) if mesh is None else parallel.process_rows(B, mesh)
     losses = []
     for epoch in range(config.num_epochs):
         Xs, Ys = loop.epoch_batches(dataset, config, epoch)
-        state = state.replace(hidden=parallel.zero_hidden(model_config, config.batch_size, mesh))
+        state = state.replace(hidden=parallel.zero_hidden(model_config, B, mesh))
         for k in range(len(Xs)):
             X, Y = Xs[k, start:stop], Ys[k, start:stop]
             batch = (X, Y) if mesh is None else parallel.put_batch(X, Y, mesh)
             state, metrics = train_step(state, batch)
             losses.append(metrics["loss"])
+            if mesh is not None:
+                # Simulated CPU devices share one thread pool: with 8 of them on 2 cores,
+                # two steps in flight can starve a collective's rendezvous (XLA aborts).
+                jax.block_until_ready(metrics)
     return [float(x) for x in jax.device_get(losses)], state
 
 
@@ -114,43 +126,48 @@ def _run(mode: str, *args: str, devices: int = 1, timeout: int = 300) -> dict:
 
 
 def child_meshes() -> dict:
-    """On 8 devices: every model and partition on meshes of 1, 2, 4 and 8 devices against
-    the one-device step; the validation loss too; the errors of bad meshes."""
+    """On 8 devices: every model and partition on 8 devices, and the 2-layer LSTM on 1, 2
+    and 4 as well, against the one-device step; the validation loss; ``init_train_state``
+    on a mesh; a batch that does not divide."""
     dataset = loop.load_dataset(TRAIN)
     gaps: dict[str, float] = {"loss": 0.0, "param": 0.0, "eval": 0.0}
     for name in MODELS:
         model_config = _model_config(dataset, name)
+        optimizer = step.make_optimizer(TRAIN)
+        init = step.init_train_state(model_config, optimizer, TRAIN.batch_size, jax.random.key(0))
+        if name == "lstm2":
+            on_mesh = step.init_train_state(
+                model_config, optimizer, TRAIN.batch_size, jax.random.key(0), parallel.make_mesh()
+            )
+            for a, b in zip(_flat(init).values(), _flat(on_mesh).values(), strict=True):
+                np.testing.assert_allclose(b, a, rtol=1e-6)  # jit fuses the normal's erf_inv
         for partition in ("sequential", "random"):
             config = dataclasses.replace(TRAIN, partition=partition)
-            ref_losses, ref_state = _train(model_config, config, dataset)
+            ref_losses, ref_state = _train(model_config, config, dataset, state=init)
             ref = _flat(ref_state)
             ref_eval = _evaluate(model_config, config, dataset, ref_state.params)
-            for n in (1, 2, 4, 8):
-                print(name, partition, n, time.perf_counter(), file=sys.stderr, flush=True)
+            sizes = (1, 2, 4, 8) if name == "lstm2" and partition == "sequential" else (8,)
+            for n in sizes:
                 mesh = parallel.make_mesh(n)
-                losses, state = _train(model_config, config, dataset, mesh)
-                assert state.hidden is not None
+                losses, state = _train(model_config, config, dataset, mesh, init)
                 for leaf in jax.tree.leaves(state.hidden):
                     assert leaf.sharding.spec == parallel.data_sharding(mesh).spec, leaf.sharding
                 for leaf in jax.tree.leaves(state.params):
                     assert leaf.sharding.is_fully_replicated
                 np.testing.assert_allclose(losses, ref_losses, rtol=LOSS_RTOL, err_msg=name)
+                rel = np.abs(np.subtract(losses, ref_losses)) / np.abs(ref_losses)
+                gaps["loss"] = max(gaps["loss"], float(rel.max()))
                 got = _flat(state)
                 for path, value in ref.items():
                     np.testing.assert_allclose(got[path], value, atol=PARAM_ATOL, err_msg=path)
                     gaps["param"] = max(gaps["param"], float(np.abs(got[path] - value).max()))
-                rel = np.abs(np.subtract(losses, ref_losses)) / np.abs(ref_losses)
-                gaps["loss"] = max(gaps["loss"], float(rel.max()))
                 if partition == "sequential":
                     val = _evaluate(model_config, config, dataset, state.params, mesh)
                     assert abs(val - ref_eval) <= LOSS_RTOL * ref_eval, (name, n, val, ref_eval)
                     gaps["eval"] = max(gaps["eval"], abs(val - ref_eval) / ref_eval)
-    errors = []
-    for bad in (lambda: parallel.check_batch(32, parallel.make_mesh(3)),):
-        with pytest.raises(ValueError) as err:
-            bad()
-        errors.append(str(err.value))
-    return {"gaps": gaps, "errors": errors}
+    with pytest.raises(ValueError) as err:
+        parallel.check_batch(32, parallel.make_mesh(3))
+    return {"gaps": gaps, "errors": [str(err.value)]}
 
 
 def child_unreachable(port: str) -> dict:
@@ -259,8 +276,8 @@ def _free_port() -> int:
 def test_unreachable_coordinator_fails_in_bounded_time():
     result = _run("unreachable", str(_free_port()), timeout=120)
     assert result["type"] == "RuntimeError", result
-    assert "could not join the distributed run at 127.0.0.1:" in result["error"]
-    assert "\n" not in result["error"] and result["s"] < 60
+    assert "could not reach the coordinator 127.0.0.1:" in result["error"]
+    assert "\n" not in result["error"] and 5 <= result["s"] < 30
 
 
 def test_two_processes_train_as_one(tmp_path, dataset):
