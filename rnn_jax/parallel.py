@@ -99,7 +99,9 @@ def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
 
 def shard_state(state: Any, mesh: Mesh) -> Any:
     """``state`` placed on ``mesh`` by ``state_shardings`` (single-process: from any
-    placement; several processes: ``state`` must be global arrays already)."""
+    placement; several processes: ``state`` must be global arrays already). Leaves already
+    placed so are returned as they are, not copied: copy before a donating step if
+    ``state`` is still needed."""
     return jax.device_put(state, state_shardings(state, mesh))
 
 

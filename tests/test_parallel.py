@@ -4,7 +4,8 @@ A mesh of N devices must train as one device does, to float32 rounding: the mean
 is summed per device, then across devices, in another order than on one device, so the
 numbers are not bitwise equal. After 3 epochs (66 SGD steps, lr 1) of the tiny models the
 losses agree to ``LOSS_RTOL`` and the parameters to ``PARAM_ATOL`` (their weights are
-~0.01-1; the observed gaps are ~1e-6).
+~0.01-1; the largest gaps seen are 6e-7 relative in the losses, 2.4e-7 in the
+parameters).
 
 Each device count runs in a subprocess (``JAX_NUM_CPU_DEVICES``): this file is also the
 script the subprocesses run (``python tests/test_parallel.py MODE ...``).
@@ -39,8 +40,8 @@ MODELS = {  # name -> (cell, num_layers)
     "lstm": ("lstm", 1),
     "lstm2": ("lstm", 2),
 }
-LOSS_RTOL = 1e-4
-PARAM_ATOL = 1e-4
+LOSS_RTOL = 1e-5
+PARAM_ATOL = 1e-5
 
 
 def _model_config(dataset: loop.Dataset, name: str, dtype: str = "float32") -> ModelConfig:
@@ -126,9 +127,9 @@ def _run(mode: str, *args: str, devices: int = 1, timeout: int = 300) -> dict:
 
 
 def child_meshes() -> dict:
-    """On 8 devices: every model and partition on 8 devices, and the 2-layer LSTM on 1, 2
-    and 4 as well, against the one-device step; the validation loss; ``init_train_state``
-    on a mesh; a batch that does not divide."""
+    """On 8 devices: every model (sequential; rnn and lstm2 random too) on 8 devices, and
+    the 2-layer LSTM on 1, 2 and 4 as well, against the one-device step; the validation
+    loss; ``init_train_state`` on a mesh; a batch that does not divide."""
     dataset = loop.load_dataset(TRAIN)
     gaps: dict[str, float] = {"loss": 0.0, "param": 0.0, "eval": 0.0}
     for name in MODELS:
@@ -141,7 +142,8 @@ def child_meshes() -> dict:
             )
             for a, b in zip(_flat(init).values(), _flat(on_mesh).values(), strict=True):
                 np.testing.assert_allclose(b, a, rtol=1e-6)  # jit fuses the normal's erf_inv
-        for partition in ("sequential", "random"):
+        # The partition changes only the initial state (carried or zeros), not the cell.
+        for partition in ("sequential", "random") if name in ("rnn", "lstm2") else ("sequential",):
             config = dataclasses.replace(TRAIN, partition=partition)
             ref_losses, ref_state = _train(model_config, config, dataset, state=init)
             ref = _flat(ref_state)
