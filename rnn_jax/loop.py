@@ -27,10 +27,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 import rnn_jax
-from rnn_jax import data, model, report, sample
+from rnn_jax import data, parallel, report, sample
 from rnn_jax.config import ModelConfig, RunConfig, TrainConfig, to_dict
 from rnn_jax.loss import bits_per_token, perplexity
 from rnn_jax.step import (
@@ -248,6 +249,7 @@ def fit(
     echo: Callable[[str], None] = tqdm.write,
     progress: bool | None = None,
     run_config: RunConfig | None = None,
+    mesh: Mesh | None = None,
 ) -> FitResult:
     """Train from ``state`` (or a fresh one from ``config.seed``) to the step budget.
 
@@ -262,6 +264,10 @@ def fit(
     True the loop returns at once with ``interrupted=True``, a state that resumes
     exactly, and the running ``sums`` to save with it. ``progress=None`` shows a
     progress bar only on a terminal.
+
+    With ``mesh`` (``parallel.make_mesh``) the batch axis is sharded over its devices:
+    each process builds only its own rows of every minibatch, the state's hidden rows
+    live with them, and the parameters are replicated; the same jitted step runs.
     """
     if model_config.vocab_size != dataset.vocab_size:
         raise ValueError(
@@ -271,27 +277,36 @@ def fit(
     K = batches_per_epoch(len(dataset.train), config.batch_size, config.num_steps)
     total = total_steps(config, dataset)
     optimizer = make_optimizer(config, total)
+    B = config.batch_size
+    if mesh is not None:
+        parallel.check_batch(B, mesh)
     if state is None:
-        state = init_train_state(
-            model_config, optimizer, config.batch_size, jax.random.key(config.seed)
-        )
-    tokens_per_batch = config.batch_size * config.num_steps
+        state = init_train_state(model_config, optimizer, B, jax.random.key(config.seed), mesh)
+    elif mesh is not None:
+        state = parallel.shard_state(state, mesh)
+    rows = None if mesh is None else parallel.process_rows(B, mesh)
+    tokens_per_batch = B * config.num_steps
     char = dataset.token == "char"
 
+    def put(batch: tuple[np.ndarray, np.ndarray]) -> Any:
+        return batch if mesh is None else parallel.put_batch(*batch, mesh)
+
     step_fn = make_train_step(
-        model_config, optimizer, carry_hidden=config.partition == "sequential"
+        model_config, optimizer, carry_hidden=config.partition == "sequential", mesh=mesh
     )
     started = time.perf_counter()
-    train_step = step_fn.lower(state, epoch_batches(dataset, config, 0)[0]).compile()
+    train_step = step_fn.lower(state, put(epoch_batches(dataset, config, 0, rows)[0])).compile()
     compile_s = time.perf_counter() - started
 
-    evaluate = make_evaluate(model_config)
+    evaluate = make_evaluate(model_config, mesh)
     val_batches = None
     val_tokens = dataset.val if config.eval_tokens is None else dataset.val[: config.eval_tokens]
     if len(val_tokens) >= 2:
-        val_batches = tuple(
-            map(jnp.asarray, data.eval_batches(val_tokens, config.batch_size, config.num_steps))
-        )
+        Xv, Yv = data.eval_batches(val_tokens, B, config.num_steps)
+        if mesh is None:
+            val_batches = (jnp.asarray(Xv), jnp.asarray(Yv))
+        else:
+            val_batches = parallel.put_eval_batches(Xv, Yv, mesh)
     prefixes = sample_prefixes(config, dataset)
 
     start_step = int(state.step)
@@ -315,12 +330,12 @@ def fit(
         for s in range(start_step, total):
             epoch, k = divmod(s, K)
             if plan_epoch != epoch:
-                plan, plan_epoch = epoch_batches(dataset, config, epoch), epoch
+                plan, plan_epoch = epoch_batches(dataset, config, epoch, rows), epoch
             if k == 0:
                 # The book restarts the state each epoch (a fresh array: the step donates it).
-                state = state.replace(hidden=model.zero_state(model_config, config.batch_size))
+                state = state.replace(hidden=parallel.zero_hidden(model_config, B, mesh))
             tick = time.perf_counter()
-            state, metrics = train_step(state, plan[k])
+            state, metrics = train_step(state, put(plan[k]))
             loss_sum += metrics["loss"]
             grad_norm_sum += metrics["grad_norm"]
             num_batches += 1

@@ -144,8 +144,20 @@ def apply(
     the fused ``W_x`` rows for the one-hot layer 0), the cell's recurrence has a custom
     VJP, and the head is one matmul after the last scan. With ``key`` (training) and
     ``config.dropout > 0``, dropout is applied to the outputs of every layer but the last.
+
+    With ``config.compute_dtype`` bfloat16 the cells' parameters and ``state`` are cast to
+    bfloat16 on the way in, so the projections and recurrences (forward and custom VJP)
+    run in bfloat16 and the gradients come back float32 through the casts; the head
+    multiplies bfloat16 operands into float32 logits, and the returned state has
+    ``state``'s dtype (float32 from ``zero_state``).
     """
     cell = cell_of(config)
+    compute = jnp.dtype(config.compute_dtype)
+    mixed = compute != jnp.float32
+    if mixed:
+        out_dtypes = jax.tree.map(lambda x: x.dtype, state)
+        params = {k: _cast(v, compute) if k.startswith("layer_") else v for k, v in params.items()}
+        state = _cast(state, compute)
     states = _stack(config, state)
     new_states = []
     Hs = None
@@ -157,8 +169,17 @@ def apply(
             XW = cells.project(cell, layer, _dropout(config, key, l - 1, Hs))
         Hs, layer_state = cell.recurrence(layer, XW, states[l])  # (T, B, H)
         new_states.append(layer_state)
+    if mixed:
+        W_hq = params["W_hq"].astype(compute)
+        logits = jnp.matmul(Hs, W_hq, preferred_element_type=jnp.float32) + params["b_q"]
+        new_state = jax.tree.map(jnp.astype, _unstack(config, tuple(new_states)), out_dtypes)
+        return jnp.swapaxes(logits, 0, 1), new_state
     logits = Hs @ params["W_hq"] + params["b_q"]  # (T, B, V)
     return jnp.swapaxes(logits, 0, 1), _unstack(config, tuple(new_states))
+
+
+def _cast(tree: Any, dtype: jnp.dtype) -> Any:
+    return jax.tree.map(lambda x: x.astype(dtype), tree)
 
 
 def reference_apply(

@@ -233,7 +233,13 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
 
     echo = request.echo
     model_fields, train_fields, run_fields, explicit = resolve_configs(request)
-    parallel.initialize_distributed(request.coordinator, request.num_processes, request.process_id)
+    if parallel.distributed_requested(request.coordinator, request.num_processes):
+        try:
+            parallel.initialize_distributed(
+                request.coordinator, request.num_processes, request.process_id
+            )
+        except RuntimeError as err:
+            raise ValueError(str(err)) from None
     main_process = parallel.is_main_process()
     restored = None
     if request.resume is not None:
@@ -292,7 +298,14 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         else:
             if main_process:
                 lock.acquire()
-            restored = checkpoint.restore(run_dir, step=request.resume_step, for_training=True)
+            restored = checkpoint.restore(
+                run_dir,
+                step=request.resume_step,
+                for_training=True,
+                sharding=_restore_sharding(
+                    run_fields.get("devices", _saved_run_config(run_dir).get("devices"))
+                ),
+            )
             model_config, train_config = _resumed_configs(
                 restored, model_fields, train_fields, explicit
             )
@@ -346,6 +359,15 @@ def _train(
     from rnn_jax import checkpoint, loop, parallel
 
     main_process = parallel.is_main_process()
+    mesh = parallel.mesh_for(run_config.devices)
+    num_devices = 1 if mesh is None else parallel.num_devices(mesh)
+    if restored is not None and main_process:
+        before = (restored.extra or {}).get("num_devices", 1)
+        if before != num_devices:
+            request.echo(
+                f"note: {run_dir} was saved on {before} device(s) and resumes on {num_devices}: "
+                "the same run up to float32 reduction order"
+            )
     manager = checkpoint.open_manager(run_dir, checkpoint.CheckpointConfig(keep=run_config.keep))
     K = loop.batches_per_epoch(len(dataset.train), train_config.batch_size, train_config.num_steps)
     total = loop.total_steps(train_config, dataset)
@@ -363,7 +385,7 @@ def _train(
             vocab=dataset.vocab,
             metrics=record,
             corpus=dataset.fingerprint,
-            extra={"sums": sums} if sums else None,
+            extra={"num_devices": num_devices, **({"sums": sums} if sums else {})},
         )
         saved_any = True
 
@@ -393,6 +415,7 @@ def _train(
             echo=request.echo,
             progress=request.progress if main_process else False,
             run_config=run_config,
+            mesh=mesh,
         )
         signals.training = False
         if result.interrupted and int(result.state.step) not in manager.all_steps():
@@ -422,6 +445,23 @@ def _train(
 def _cache(run_config: RunConfig) -> str | bool | None:
     """The token cache: ``--cache-dir``, else the default folder; none with ``--no-cache``."""
     return (run_config.cache_dir or True) if run_config.cache else None
+
+
+def _restore_sharding(devices: int | None) -> Any:
+    """Where a resumed state's arrays go: one device, or the run's mesh (the hidden
+    state's rows over ``data``, everything else replicated)."""
+    from rnn_jax import parallel
+
+    mesh = parallel.mesh_for(devices)
+    if mesh is None:
+        return None
+    rows, whole = parallel.data_sharding(mesh), parallel.replicated(mesh)
+
+    def sharding(path: Any, shape: tuple[int, ...]) -> Any:
+        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        return rows if "hidden" in keys else whole
+
+    return sharding
 
 
 def _close_or_fail(manager: Any) -> None:

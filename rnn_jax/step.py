@@ -10,6 +10,7 @@ over a device mesh along B. ``make_train_step`` jits it once, donating the state
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +18,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
-from rnn_jax import model
+from rnn_jax import model, parallel
 from rnn_jax.config import OPTIMIZER_HYPERPARAMETERS, SCHEDULES, ModelConfig, TrainConfig
 from rnn_jax.loss import cross_entropy, total_nll
 
@@ -146,7 +148,18 @@ def init_train_state(
     optimizer: optax.GradientTransformation,
     batch_size: int,
     key: jax.Array,
+    mesh: Mesh | None = None,
 ) -> TrainState:
+    """Step 0: params from ``key``, the optimizer's state, a zero hidden state ``(B, H)``.
+
+    On ``mesh`` the arrays are made in place by ``parallel.state_shardings`` (the hidden
+    state split by rows, the rest replicated), on every process at once.
+    """
+    if mesh is not None:
+        parallel.check_batch(batch_size, mesh)
+        init = functools.partial(init_train_state, model_config, optimizer, batch_size)
+        shardings = parallel.state_shardings(jax.eval_shape(init, key), mesh)
+        return jax.jit(init, out_shardings=shardings)(key)
     init_key, state_key = jax.random.split(key)
     params = model.init(model_config, init_key)
     return TrainState(
@@ -200,16 +213,33 @@ def train_step(
 
 
 def make_train_step(
-    model_config: ModelConfig, optimizer: optax.GradientTransformation, carry_hidden: bool
+    model_config: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    carry_hidden: bool,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """``train_step`` with its configuration bound, jitted with the state donated."""
+    """``train_step`` with its configuration bound, jitted with the state donated.
+
+    On ``mesh`` the same function is jitted with the shardings of ``parallel``: the state
+    as ``state_shardings`` in and out, the batch ``(B, T)`` split by rows, the metrics
+    replicated; XLA partitions the step (the gradients' mean over B becomes an
+    all-reduce). Its inputs must be placed so (``init_train_state(..., mesh)``,
+    ``parallel.put_batch``, ``parallel.zero_hidden``).
+    """
 
     def bound(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         return train_step(
             state, batch, model_config=model_config, optimizer=optimizer, carry_hidden=carry_hidden
         )
 
-    return jax.jit(bound, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(bound, donate_argnums=0)
+    init = functools.partial(init_train_state, model_config, optimizer, 1)
+    states = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
+    rows, full = parallel.data_sharding(mesh), parallel.replicated(mesh)
+    return jax.jit(
+        bound, donate_argnums=0, in_shardings=(states, (rows, rows)), out_shardings=(states, full)
+    )
 
 
 def evaluate(
@@ -227,6 +257,14 @@ def evaluate(
     return nlls.sum(), jnp.asarray(Ys.size, jnp.int32)
 
 
-def make_evaluate(model_config: ModelConfig) -> Callable[..., Any]:
-    """``evaluate`` jitted for ``model_config``: ``(params, Xs, Ys) -> (nll_sum, num_tokens)``."""
-    return jax.jit(lambda params, Xs, Ys: evaluate(model_config, params, Xs, Ys))
+def make_evaluate(model_config: ModelConfig, mesh: Mesh | None = None) -> Callable[..., Any]:
+    """``evaluate`` jitted for ``model_config``: ``(params, Xs, Ys) -> (nll_sum, num_tokens)``.
+
+    On ``mesh`` it runs where its inputs are (replicated params, ``Xs, Ys`` placed by
+    ``parallel.put_eval_batches``: split along B) and returns replicated scalars, which
+    every process can read.
+    """
+    fn = functools.partial(evaluate, model_config)
+    if mesh is None:
+        return jax.jit(fn)
+    return jax.jit(fn, out_shardings=parallel.replicated(mesh))
