@@ -149,6 +149,43 @@ def scan(cell: Cell, params: Params, X: jax.Array, state: State) -> tuple[Sequen
     return cell.recurrence(params, project(cell, params, X), state)
 
 
+# ------------------------------------------------------------------ both modes from one VJP
+
+
+def vjp_both_modes(
+    fwd: Callable[..., tuple[Any, Any]],
+    bwd: Callable[..., Any],
+    nondiff_argnums: tuple[int, ...] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate ``f`` (which returns ``fwd(*args)[0]``) with a hand-written VJP that serves
+    forward mode too.
+
+    ``fwd(*args) -> (outputs, residuals)`` and ``bwd(residuals, cotangents) -> one
+    cotangent per differentiable argument`` are a ``jax.custom_vjp`` pair (the static
+    ``nondiff_argnums`` first in both, as ``custom_vjp`` passes them). ``f`` becomes a
+    ``jax.custom_jvp`` whose tangent is ``bwd`` transposed (``jax.linear_transpose``):
+    exact, the JVP being the transpose of the VJP. Reverse mode transposes that tangent
+    back, which is ``bwd`` again. So ``bwd`` must be linear in ``cotangents``, with what
+    depends on the residuals alone computed outside its scans: such values are hoisted
+    into the forward pass, and inside a scan they would cost a scan of their own.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = jax.custom_jvp(f, nondiff_argnums=nondiff_argnums)
+
+        def jvp(*args):
+            *static, primals, tangents = args
+            outputs, residuals = fwd(*static, *primals)
+            vjp = functools.partial(bwd, *static, residuals)
+            (tangent_out,) = jax.linear_transpose(vjp, outputs)(tuple(tangents))
+            return outputs, tangent_out
+
+        f.defjvp(jvp)
+        return f
+
+    return decorate
+
+
 # ------------------------------------------------------------------ rnn recurrence
 
 
@@ -161,14 +198,6 @@ def rnn_recurrence(
     params: Params, XW: jax.Array, H0: jax.Array, nonlinearity: str = "tanh"
 ) -> tuple[Sequence, jax.Array]:
     return activation_recurrence(nonlinearity, params["W_hh"], XW, H0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def activation_recurrence(
-    nonlinearity: str, W_hh: jax.Array, XW: jax.Array, h0: jax.Array
-) -> tuple[Sequence, jax.Array]:
-    """``h_t = phi(XW_t + h_{t-1} W_hh)`` for t = 1..T; all ``h_t`` ``(T, B, H)`` and ``h_T``."""
-    return _activation_fwd(nonlinearity, W_hh, XW, h0)[0]
 
 
 def _activation_fwd(nonlinearity, W_hh, XW, h0):
@@ -186,13 +215,14 @@ def _activation_bwd(nonlinearity, residuals, cotangents):
     W_hh, Hs, h0 = residuals
     dHs, dh_T = cotangents
     W_hh_T = W_hh.T  # made once, outside the reverse scan
+    dphi = _activation_grad(nonlinearity, Hs)  # (T, B, H), outside it too
 
-    def step(dh, h_and_dh):
-        h, dh_out = h_and_dh
-        dz = (dh + dh_out) * _activation_grad(nonlinearity, h)
+    def step(dh, xs):
+        dh_out, dphi_t = xs
+        dz = (dh + dh_out) * dphi_t
         return dz @ W_hh_T, dz
 
-    dh0, dZ = jax.lax.scan(step, dh_T, (Hs, dHs), reverse=True)
+    dh0, dZ = jax.lax.scan(step, dh_T, (dHs, dphi), reverse=True)
     H_prev = jnp.concatenate([h0[None], Hs[:-1]])  # h_{t-1} for every t
     return _sum_outer(H_prev, dZ), dZ, dh0
 
@@ -204,7 +234,12 @@ def _activation_grad(nonlinearity: str, h: jax.Array) -> jax.Array:
     return (h > 0).astype(h.dtype)
 
 
-activation_recurrence.defvjp(_activation_fwd, _activation_bwd)
+@vjp_both_modes(_activation_fwd, _activation_bwd, nondiff_argnums=(0,))
+def activation_recurrence(
+    nonlinearity: str, W_hh: jax.Array, XW: jax.Array, h0: jax.Array
+) -> tuple[Sequence, jax.Array]:
+    """``h_t = phi(XW_t + h_{t-1} W_hh)`` for t = 1..T; all ``h_t`` ``(T, B, H)`` and ``h_T``."""
+    return _activation_fwd(nonlinearity, W_hh, XW, h0)[0]
 
 
 # ------------------------------------------------------------------ gru recurrence
@@ -213,12 +248,6 @@ activation_recurrence.defvjp(_activation_fwd, _activation_bwd)
 def gru_recurrence(params: Params, XW: jax.Array, H0: jax.Array) -> tuple[Sequence, jax.Array]:
     W_hzr = jnp.concatenate([params["W_hz"], params["W_hr"]], axis=1)  # (H, 2H)
     return _gru(W_hzr, params["W_hh"], XW, H0)
-
-
-@jax.custom_vjp
-def _gru(W_hzr, W_hh, XW, h0):
-    """The GRU over ``XW`` ``(T, B, 3H)`` (z, r, candidate blocks), from ``h0``."""
-    return _gru_fwd(W_hzr, W_hh, XW, h0)[0]
 
 
 def _gru_fwd(W_hzr, W_hh, XW, h0):
@@ -240,23 +269,32 @@ def _gru_bwd(residuals, cotangents):
     dHs, dh_T = cotangents
     H_prev = jnp.concatenate([h0[None], Hs[:-1]])
     W_hh_T, W_hzr_T = W_hh.T, W_hzr.T  # made once, outside the reverse scan
+    # The local derivatives, for all T at once: d(pre-activation) of the candidate and the
+    # z gate per unit of dh, of the r gate per unit of ds (the gradient of r * h).
+    dcand_dh = (1 - Z) * (1 - Cand * Cand)
+    dz_dh = (H_prev - Cand) * Z * (1 - Z)
+    dr_ds = H_prev * R * (1 - R)
 
     def step(dh, xs):
-        dh_out, h, z, r, cand = xs
+        dh_out, z, r, dcand_dh_t, dz_dh_t, dr_ds_t = xs
         dh = dh + dh_out
-        da_cand = dh * (1 - z) * (1 - cand * cand)
+        da_cand = dh * dcand_dh_t
         ds = da_cand @ W_hh_T  # through (r * h) W_hh
-        da_zr = jnp.concatenate([dh * (h - cand) * z * (1 - z), ds * h * r * (1 - r)], axis=1)
+        da_zr = jnp.concatenate([dh * dz_dh_t, ds * dr_ds_t], axis=1)
         dh_prev = dh * z + ds * r + da_zr @ W_hzr_T
         return dh_prev, (da_zr, da_cand)
 
-    dh0, (dA_zr, dA_cand) = jax.lax.scan(step, dh_T, (dHs, H_prev, Z, R, Cand), reverse=True)
+    xs = (dHs, Z, R, dcand_dh, dz_dh, dr_ds)
+    dh0, (dA_zr, dA_cand) = jax.lax.scan(step, dh_T, xs, reverse=True)
     dW_hzr = _sum_outer(H_prev, dA_zr)
     dW_hh = _sum_outer(R * H_prev, dA_cand)
     return dW_hzr, dW_hh, jnp.concatenate([dA_zr, dA_cand], axis=-1), dh0
 
 
-_gru.defvjp(_gru_fwd, _gru_bwd)
+@vjp_both_modes(_gru_fwd, _gru_bwd)
+def _gru(W_hzr, W_hh, XW, h0):
+    """The GRU over ``XW`` ``(T, B, 3H)`` (z, r, candidate blocks), from ``h0``."""
+    return _gru_fwd(W_hzr, W_hh, XW, h0)[0]
 
 
 # ------------------------------------------------------------------ lstm recurrence
@@ -265,12 +303,6 @@ _gru.defvjp(_gru_fwd, _gru_bwd)
 def lstm_recurrence(params: Params, XW: jax.Array, state: State) -> tuple[Sequence, State]:
     W_h = jnp.concatenate([params[f"W_h{g}"] for g in GATES["lstm"]], axis=1)  # (H, 4H)
     return _lstm(W_h, XW, state)
-
-
-@jax.custom_vjp
-def _lstm(W_h, XW, state):
-    """The LSTM over ``XW`` ``(T, B, 4H)`` (i, f, o, candidate blocks), from ``(h0, c0)``."""
-    return _lstm_fwd(W_h, XW, state)[0]
 
 
 def _lstm_fwd(W_h, XW, state):
@@ -313,7 +345,10 @@ def _lstm_bwd(residuals, cotangents):
     return _sum_outer(H_prev, dA), dA, (dh0, dc0)
 
 
-_lstm.defvjp(_lstm_fwd, _lstm_bwd)
+@vjp_both_modes(_lstm_fwd, _lstm_bwd)
+def _lstm(W_h, XW, state):
+    """The LSTM over ``XW`` ``(T, B, 4H)`` (i, f, o, candidate blocks), from ``(h0, c0)``."""
+    return _lstm_fwd(W_h, XW, state)[0]
 
 
 # ------------------------------------------------------------------ registry

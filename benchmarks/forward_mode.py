@@ -1,0 +1,125 @@
+"""The train step's gradient before and after a change to the recurrences, in one process.
+
+    taskset -c 0 .venv/bin/python benchmarks/forward_mode.py                # 5 rounds, ~2.5 min
+    taskset -c 0 .venv/bin/python benchmarks/forward_mode.py --baseline REV --rounds 7
+
+Measures milliseconds per ``jax.value_and_grad`` of the mean cross-entropy through
+``model.apply`` (what ``step.train_step`` differentiates) for the rnn at H 512 and the GRU
+and LSTM at H 256 (V 28, B 32, T 35). "before" is ``rnn_jax/cells.py`` and
+``rnn_jax/model.py`` as they are at ``--baseline`` (default: e6ed034, the last commit with
+``jax.custom_vjp`` recurrences), loaded from git into this process; "after" is the working
+tree. The two are timed in alternating order, round after round, so that both see the
+same machine; only their ratio within a round means anything on a busy machine.
+
+Result (one pinned core of a shared 2-core machine; see the commit that added it):
+the ratio after/before is within noise for the three workloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import rnn_jax
+from rnn_jax import model
+from rnn_jax.config import ModelConfig
+from rnn_jax.loss import cross_entropy
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOADS = (("rnn", 512), ("gru", 256), ("lstm", 256))
+V, B, T = 28, 32, 35
+
+
+def _module_at(rev: str, path: str, name: str) -> types.ModuleType:
+    """The source of ``path`` at git revision ``rev``, imported as a module called ``name``."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and typing resolve names through sys.modules
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
+    return module
+
+
+def baseline_model(rev: str) -> types.ModuleType:
+    """``rnn_jax.model`` at ``rev``, bound to ``rnn_jax.cells`` at ``rev``."""
+    old_cells = _module_at(rev, "rnn_jax/cells.py", "_baseline_cells")
+    current = rnn_jax.cells
+    rnn_jax.cells = old_cells  # what the old model's ``from rnn_jax import cells`` binds
+    try:
+        return _module_at(rev, "rnn_jax/model.py", "_baseline_model")
+    finally:
+        rnn_jax.cells = current
+
+
+def gradient_fn(apply: Callable[..., Any], config: ModelConfig) -> Callable[..., Any]:
+    """Jitted ``(params, X, Y, h0) -> ((loss, h_T), grads)``, as in ``step.train_step``."""
+
+    def loss_fn(params: Any, X: jax.Array, Y: jax.Array, h0: Any) -> tuple[jax.Array, Any]:
+        logits, h_T = apply(config, params, X, h0)
+        return cross_entropy(logits, Y), h_T
+
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+
+def time_ms(fn: Callable[..., Any], args: tuple[Any, ...], n: int) -> float:
+    """Milliseconds per call of ``n`` calls dispatched back to back, waited for once."""
+    t0 = time.perf_counter()
+    jax.block_until_ready([fn(*args) for _ in range(n)])
+    return 1e3 * (time.perf_counter() - t0) / n
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", default="e6ed034", help="git revision of 'before'")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per sample")
+    args = parser.parse_args(argv)
+    variants = {"before": baseline_model(args.baseline), "after": model}
+    rng = np.random.default_rng(0)
+    X, Y = (rng.integers(0, V, (B, T), dtype=np.int32) for _ in range(2))
+    print(f"jax {jax.__version__}, baseline {args.baseline}, {args.rounds} rounds")
+    print("| workload | before ms | after ms | after/before (median of rounds) | spread |")
+    print("|---|---|---|---|---|")
+    for cell, H in WORKLOADS:
+        config = ModelConfig(V, H, cell=cell)
+        params = model.init(config, jax.random.key(0))
+        h0 = model.zero_state(config, B)
+        fns = {k: gradient_fn(m.apply, config) for k, m in variants.items()}
+        grads = {k: jax.block_until_ready(f(params, X, Y, h0)) for k, f in fns.items()}
+        diff = max(
+            float(np.abs(a - b).max())
+            for a, b in zip(*(jax.tree.leaves(g) for g in grads.values()), strict=True)
+        )
+        assert diff < 1e-4, f"{cell}: before and after disagree by {diff}"
+        per_call = time_ms(fns["after"], (params, X, Y, h0), 5)
+        n = max(3, round(args.seconds * 1e3 / per_call))
+        samples: dict[str, list[float]] = {k: [] for k in fns}
+        for r in range(args.rounds):
+            order = list(fns) if r % 2 == 0 else list(fns)[::-1]
+            for k in order:
+                samples[k].append(time_ms(fns[k], (params, X, Y, h0), n))
+        ratios = [a / b for a, b in zip(samples["after"], samples["before"], strict=True)]
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        print(
+            f"| {cell} H {H} | {med['before']:.3f} | {med['after']:.3f} "
+            f"| {statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
