@@ -24,9 +24,11 @@ tests hold it equal to a Python loop of ``step``:
   ``project_tokens``);
 * inside the scan, one fused ``H_{t-1} W_h`` per step for all gates (the GRU needs a
   second, ``(R_t * H_{t-1}) W_hh``: its candidate's matmul waits for the reset gate);
-* the backward pass (a custom VJP per cell) keeps only the gate algebra and the
+* the backward pass (a hand-written VJP per cell) keeps only the gate algebra and the
   ``dA W_h^T`` matmul inside the reverse scan and computes the weight gradient as one
   ``(H, T B) @ (T B, G H)`` matmul after it, rather than ``T`` outer products inside;
+  what depends on the forward pass alone (``phi'``, the GRU's gate derivatives) is
+  computed for all T before that scan;
 * ``W_h^T`` is made once, before the reverse scan. Written inside it, XLA folds the
   transpose into every step's product, and on CPU that product runs ~30% slower
   (``(32, 1024) @ (1024, 256)``: 144 against 205 GFLOP/s on one core);
@@ -36,6 +38,22 @@ tests hold it equal to a Python loop of ``step``:
 
 The fused matrices are concatenated from the book-named parameters inside the jitted
 function, so the pytree keeps the book's names.
+
+Every transformation works on the recurrences, hence on ``scan``, ``bidirectional`` and
+the model's ``apply``, ``forward`` and ``step``: ``grad``, ``jvp``, ``jacfwd``,
+``jacrev``, ``vmap``, and their compositions (HVPs forward-over-reverse and
+reverse-over-forward). A ``jax.custom_vjp`` cannot be differentiated in forward mode,
+and a ``jax.custom_jvp`` gets its reverse mode by transposing its JVP rule, so each
+recurrence is a ``custom_jvp`` whose JVP rule is its hand-written VJP *transposed*
+(``vjp_both_modes``): ``jax.linear_transpose`` of ``bwd`` with the residuals of ``fwd``.
+That tangent is exact (the JVP of a function is the transpose of its VJP), and reverse
+mode transposes it back into the same reverse scan and post-scan weight matmul as the
+hand-written VJP, so the train step (``jax.value_and_grad`` of ``apply``) differentiates
+exactly as fast as before; ``tests/test_cells.py`` checks the gradient's shape (one
+forward and one reverse scan per layer, only the ``W_h^T`` matmuls inside the reverse
+one) and ``benchmarks/forward_mode.py`` the time. The alternatives it avoids: the
+plain scan's autodiff (an outer product per reverse step) everywhere, or a fast-VJP
+flag that every caller of ``apply`` would have to set for reverse mode.
 """
 
 from __future__ import annotations
