@@ -1,9 +1,10 @@
 """The cells and the stacked language model against references written here.
 
-Each cell's book step against NumPy; the fast recurrence (fused projection, custom VJP)
-against a Python loop of the step, and its gradients against finite differences, in
-float64; the model's ``apply`` against ``reference_apply`` and a hand-wired stack;
-dropout; the bidirectional layer; a short training of each cell.
+Each cell's book step against NumPy; the fast recurrence (fused projection, hand-written
+VJP) against a Python loop of the step, and its gradients against finite differences, in
+float64; the model's ``apply`` against ``reference_apply`` and a hand-wired stack, under
+every transformation (jvp, jacfwd, grad, both HVP orders); dropout; the bidirectional
+layer; a short training of each cell.
 
 Test data comes from NumPy and every JAX function under test is jitted once: eager JAX
 ops compile one by one, which would dominate the runtime.
