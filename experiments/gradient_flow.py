@@ -31,8 +31,33 @@ Writes ``gradient_flow.png`` (both, log y), ``gradient_flow.md`` (the norms at d
 1, 10, 50, 100) and ``gradient_flow.json`` (every curve, the training records) to
 ``--out``.
 
-Measured here (2-core CPU shared with other jobs), the command above, 2 epochs of
-training per cell, RESULTS_PENDING.
+Measured here, the command above: 5.0 minutes (103 s of CPU; the 2-core machine was
+shared, load average 7-10), 2 epochs per cell (validation perplexity rnn 9.05, gru 8.52,
+lstm 9.16). Norms at distance d (``dL_T/dh_{T-d}``, mean over 16 sequences) and at
+t = d (``dh_d/dh_0``, one sequence):
+
+    |                         | ||dL_T/dh_{T-d}||               | ||dh_d/dh_0||_2 (jacfwd)        |
+    | model                   | d=1     d=10    d=50    d=100   | d=1     d=10    d=50    d=100   |
+    |-------------------------|---------------------------------|---------------------------------|
+    | rnn, init N(0, 0.01^2)  | 2.5e-02 1.8e-09 5.9e-41 5.9e-80 | 3.1e-01 5.6e-08 3.4e-39 5.6e-78 |
+    | rnn, init N(0, 0.1^2)   | 1.7e+00 3.1e+00 4.9e+01 1.1e+04 | 3.1e+00 7.2e+01 2.8e+03 6.3e+04 |
+    | rnn, trained 2 epochs   | 9.7e-01 6.6e-03 4.0e-11 2.7e-21 | 1.3e+00 2.0e-02 2.0e-10 1.6e-20 |
+    | gru, init N(0, 0.01^2)  | 7.9e-02 2.1e-04 2.9e-15 1.2e-28 | 5.6e-01 2.7e-03 9.1e-14 5.3e-27 |
+    | gru, init N(0, 0.1^2)   | 1.0e+00 2.5e-01 3.4e-03 1.8e-05 | 1.1e+00 8.0e-01 2.1e-02 1.0e-04 |
+    | gru, trained 2 epochs   | 9.9e-01 4.9e-03 2.0e-13 1.8e-26 | 8.9e-01 8.8e-03 4.2e-13 5.9e-26 |
+    | lstm, init N(0, 0.01^2) | 6.0e-03 1.5e-05 1.9e-16 6.7e-30 | 7.9e-02 2.9e-04 7.3e-15 3.6e-28 |
+    | lstm, init N(0, 0.1^2)  | 6.0e-01 9.8e-02 5.5e-04 8.1e-07 | 7.9e-01 3.8e-01 5.1e-03 7.7e-06 |
+    | lstm, trained 2 epochs  | 1.3e+00 3.5e-03 3.9e-12 3.2e-23 | 9.9e-01 5.7e-03 1.2e-11 5.5e-23 |
+
+At the book's init every cell's gradient vanishes geometrically, the tanh RNN's fastest
+(a factor ~0.16 per step, ``W_hh``'s spectral radius ``0.01 sqrt(256)``: 1e-80 at d=100);
+the gates' averaging (``Z_t``, ``F_t`` near 1/2) makes the GRU and LSTM lose ~0.5 per
+step instead. At sigma 0.1 the tanh RNN's gradient *explodes* (x1e4 over 100 steps,
+spectral radius ~1.6, held back only by tanh's saturation) while the gated cells decay
+slowly (GRU 1.8e-5, LSTM 8e-7 at d=100): their gates bound the per-step Jacobian. After
+two epochs of truncated BPTT (35 steps) all three reach the same regime, a decay of
+~0.55-0.6 per step, no signal beyond ~50 steps; the two measures agree, as the chain
+rule says they must (``dL_T/dh_t`` is ``dL_T/dh_T`` times the product of Jacobians).
 """
 
 from __future__ import annotations
