@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default="e6ed034", help="git revision of 'before'")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per sample")
+    parser.add_argument("--cells", nargs="+", default=[c for c, _ in WORKLOADS])
     args = parser.parse_args(argv)
     variants = {"before": baseline_model(args.baseline), "after": model}
     rng = np.random.default_rng(0)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"jax {jax.__version__}, baseline {args.baseline}, {args.rounds} rounds")
     print("| workload | clock | before ms | after ms | after/before: median | spread |")
     print("|---|---|---|---|---|---|")
-    for cell, H in WORKLOADS:
+    for cell, H in (w for w in WORKLOADS if w[0] in args.cells):
         config = ModelConfig(V, H, cell=cell)
         params = model.init(config, jax.random.key(0))
         h0 = model.zero_state(config, B)
