@@ -22,10 +22,11 @@ recurrences as ``custom_jvp`` with the VJP transposed (``cells.vjp_both_modes``)
     | gru H 256  | 20.41         | 20.78        | 1.012                      | 0.975-1.065 |
     | lstm H 256 | 26.24         | 25.92        | 0.987                      | 0.969-1.043 |
 
-The compiled gradients have the same matmuls, in and out of the same two loops; the
-GRU's ~1% (1.012, 1.016 and 1.023 in three runs) is its backward pass reading its
-local derivatives, computed once before the reverse scan, rather than recomputing them
-from ``H_{t-1}``, ``Z``, ``R``, ``H~`` inside it.
+The compiled gradients have the same matmuls, in and out of the same two loops. The GRU
+is 1-2% slower (1.012, 1.016 and 1.023 in three runs), probably because its reverse
+scan now reads its local derivatives (computed once before it: one more ``(T, B, H)``
+stream and a pass to make them) instead of recomputing them from ``H_{t-1}``, ``Z``,
+``R``, ``H~`` inside it; saving them from the forward scan instead measured no better.
 """
 
 from __future__ import annotations
