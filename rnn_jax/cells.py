@@ -48,10 +48,10 @@ recurrence is a ``custom_jvp`` whose JVP rule is its hand-written VJP *transpose
 (``vjp_both_modes``): ``jax.linear_transpose`` of ``bwd`` with the residuals of ``fwd``.
 That tangent is exact (the JVP of a function is the transpose of its VJP), and reverse
 mode transposes it back into the same reverse scan and post-scan weight matmul as the
-hand-written VJP, so the train step (``jax.value_and_grad`` of ``apply``) differentiates
-exactly as fast as before; ``tests/test_cells.py`` checks the gradient's shape (one
-forward and one reverse scan per layer, only the ``W_h^T`` matmuls inside the reverse
-one) and ``benchmarks/forward_mode.py`` the time. The alternatives it avoids: the
+hand-written VJP, so the train step (``jax.value_and_grad`` of ``apply``) keeps its speed
+(``benchmarks/forward_mode.py``: rnn and LSTM unchanged, the GRU 1-2% slower);
+``tests/test_cells.py`` checks the gradient's shape (one forward and one reverse scan
+per layer, only the ``W_h^T`` matmuls inside the reverse one). The alternatives it avoids: the
 plain scan's autodiff (an outer product per reverse step) everywhere, or a fast-VJP
 flag that every caller of ``apply`` would have to set for reverse mode.
 """
