@@ -24,9 +24,11 @@ tests hold it equal to a Python loop of ``step``:
   ``project_tokens``);
 * inside the scan, one fused ``H_{t-1} W_h`` per step for all gates (the GRU needs a
   second, ``(R_t * H_{t-1}) W_hh``: its candidate's matmul waits for the reset gate);
-* the backward pass (a custom VJP per cell) keeps only the gate algebra and the
+* the backward pass (a hand-written VJP per cell) keeps only the gate algebra and the
   ``dA W_h^T`` matmul inside the reverse scan and computes the weight gradient as one
   ``(H, T B) @ (T B, G H)`` matmul after it, rather than ``T`` outer products inside;
+  what depends on the forward pass alone (``phi'``, the GRU's gate derivatives) is
+  computed for all T before that scan;
 * ``W_h^T`` is made once, before the reverse scan. Written inside it, XLA folds the
   transpose into every step's product, and on CPU that product runs ~30% slower
   (``(32, 1024) @ (1024, 256)``: 144 against 205 GFLOP/s on one core);
@@ -36,6 +38,22 @@ tests hold it equal to a Python loop of ``step``:
 
 The fused matrices are concatenated from the book-named parameters inside the jitted
 function, so the pytree keeps the book's names.
+
+Every transformation works on the recurrences, hence on ``scan``, ``bidirectional`` and
+the model's ``apply``, ``forward`` and ``step``: ``grad``, ``jvp``, ``jacfwd``,
+``jacrev``, ``vmap``, and their compositions (HVPs forward-over-reverse and
+reverse-over-forward). A ``jax.custom_vjp`` cannot be differentiated in forward mode,
+and a ``jax.custom_jvp`` gets its reverse mode by transposing its JVP rule, so each
+recurrence is a ``custom_jvp`` whose JVP rule is its hand-written VJP *transposed*
+(``vjp_both_modes``): ``jax.linear_transpose`` of ``bwd`` with the residuals of ``fwd``.
+That tangent is exact (the JVP of a function is the transpose of its VJP), and reverse
+mode transposes it back into the same reverse scan and post-scan weight matmul as the
+hand-written VJP, so the train step (``jax.value_and_grad`` of ``apply``) keeps its speed
+(``benchmarks/forward_mode.py``: rnn and LSTM unchanged, the GRU 1-2% slower);
+``tests/test_cells.py`` checks the gradient's shape (one forward and one reverse scan
+per layer, only the ``W_h^T`` matmuls inside the reverse one). The alternatives it avoids: the
+plain scan's autodiff (an outer product per reverse step) everywhere, or a fast-VJP
+flag that every caller of ``apply`` would have to set for reverse mode.
 """
 
 from __future__ import annotations
@@ -170,6 +188,43 @@ def scan(cell: Cell, params: Params, X: jax.Array, state: State) -> tuple[Sequen
     return cell.recurrence(params, project(cell, params, X), state)
 
 
+# ------------------------------------------------------------------ both modes from one VJP
+
+
+def vjp_both_modes(
+    fwd: Callable[..., tuple[Any, Any]],
+    bwd: Callable[..., Any],
+    nondiff_argnums: tuple[int, ...] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate ``f`` (which returns ``fwd(*args)[0]``) with a hand-written VJP that serves
+    forward mode too.
+
+    ``fwd(*args) -> (outputs, residuals)`` and ``bwd(residuals, cotangents) -> one
+    cotangent per differentiable argument`` are a ``jax.custom_vjp`` pair (the static
+    ``nondiff_argnums`` first in both, as ``custom_vjp`` passes them). ``f`` becomes a
+    ``jax.custom_jvp`` whose tangent is ``bwd`` transposed (``jax.linear_transpose``):
+    exact, the JVP being the transpose of the VJP. Reverse mode transposes that tangent
+    back, which is ``bwd`` again. So ``bwd`` must be linear in ``cotangents``, with what
+    depends on the residuals alone computed outside its scans: such values are hoisted
+    into the forward pass, and inside a scan they would cost a scan of their own.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = jax.custom_jvp(f, nondiff_argnums=nondiff_argnums)
+
+        def jvp(*args):
+            *static, primals, tangents = args
+            outputs, residuals = fwd(*static, *primals)
+            vjp = functools.partial(bwd, *static, residuals)
+            (tangent_out,) = jax.linear_transpose(vjp, outputs)(tuple(tangents))
+            return outputs, tangent_out
+
+        f.defjvp(jvp)
+        return f
+
+    return decorate
+
+
 # ------------------------------------------------------------------ rnn recurrence
 
 
@@ -182,14 +237,6 @@ def rnn_recurrence(
     params: Params, XW: jax.Array, H0: jax.Array, nonlinearity: str = "tanh"
 ) -> tuple[Sequence, jax.Array]:
     return activation_recurrence(nonlinearity, params["W_hh"], XW, H0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def activation_recurrence(
-    nonlinearity: str, W_hh: jax.Array, XW: jax.Array, h0: jax.Array
-) -> tuple[Sequence, jax.Array]:
-    """``h_t = phi(XW_t + h_{t-1} W_hh)`` for t = 1..T; all ``h_t`` ``(T, B, H)`` and ``h_T``."""
-    return _activation_fwd(nonlinearity, W_hh, XW, h0)[0]
 
 
 def _activation_fwd(nonlinearity, W_hh, XW, h0):
@@ -207,13 +254,14 @@ def _activation_bwd(nonlinearity, residuals, cotangents):
     W_hh, Hs, h0 = residuals
     dHs, dh_T = cotangents
     W_hh_T = W_hh.T  # made once, outside the reverse scan
+    dphi = _activation_grad(nonlinearity, Hs)  # (T, B, H), outside it too
 
-    def step(dh, h_and_dh):
-        h, dh_out = h_and_dh
-        dz = (dh + dh_out) * _activation_grad(nonlinearity, h)
+    def step(dh, xs):
+        dh_out, dphi_t = xs
+        dz = (dh + dh_out) * dphi_t
         return dz @ W_hh_T, dz
 
-    dh0, dZ = jax.lax.scan(step, dh_T, (Hs, dHs), reverse=True)
+    dh0, dZ = jax.lax.scan(step, dh_T, (dHs, dphi), reverse=True)
     H_prev = jnp.concatenate([h0[None], Hs[:-1]])  # h_{t-1} for every t
     return _sum_outer(H_prev, dZ), dZ, dh0
 
@@ -225,7 +273,12 @@ def _activation_grad(nonlinearity: str, h: jax.Array) -> jax.Array:
     return (h > 0).astype(h.dtype)
 
 
-activation_recurrence.defvjp(_activation_fwd, _activation_bwd)
+@vjp_both_modes(_activation_fwd, _activation_bwd, nondiff_argnums=(0,))
+def activation_recurrence(
+    nonlinearity: str, W_hh: jax.Array, XW: jax.Array, h0: jax.Array
+) -> tuple[Sequence, jax.Array]:
+    """``h_t = phi(XW_t + h_{t-1} W_hh)`` for t = 1..T; all ``h_t`` ``(T, B, H)`` and ``h_T``."""
+    return _activation_fwd(nonlinearity, W_hh, XW, h0)[0]
 
 
 # ------------------------------------------------------------------ gru recurrence
@@ -234,12 +287,6 @@ activation_recurrence.defvjp(_activation_fwd, _activation_bwd)
 def gru_recurrence(params: Params, XW: jax.Array, H0: jax.Array) -> tuple[Sequence, jax.Array]:
     W_hzr = jnp.concatenate([params["W_hz"], params["W_hr"]], axis=1)  # (H, 2H)
     return _gru(W_hzr, params["W_hh"], XW, H0)
-
-
-@jax.custom_vjp
-def _gru(W_hzr, W_hh, XW, h0):
-    """The GRU over ``XW`` ``(T, B, 3H)`` (z, r, candidate blocks), from ``h0``."""
-    return _gru_fwd(W_hzr, W_hh, XW, h0)[0]
 
 
 def _gru_fwd(W_hzr, W_hh, XW, h0):
@@ -261,23 +308,32 @@ def _gru_bwd(residuals, cotangents):
     dHs, dh_T = cotangents
     H_prev = jnp.concatenate([h0[None], Hs[:-1]])
     W_hh_T, W_hzr_T = W_hh.T, W_hzr.T  # made once, outside the reverse scan
+    # The local derivatives, for all T at once: d(pre-activation) of the candidate and the
+    # z gate per unit of dh, of the r gate per unit of ds (the gradient of r * h).
+    dcand_dh = (1 - Z) * (1 - Cand * Cand)
+    dz_dh = (H_prev - Cand) * Z * (1 - Z)
+    dr_ds = H_prev * R * (1 - R)
 
     def step(dh, xs):
-        dh_out, h, z, r, cand = xs
+        dh_out, z, r, dcand_dh_t, dz_dh_t, dr_ds_t = xs
         dh = dh + dh_out
-        da_cand = dh * (1 - z) * (1 - cand * cand)
+        da_cand = dh * dcand_dh_t
         ds = da_cand @ W_hh_T  # through (r * h) W_hh
-        da_zr = jnp.concatenate([dh * (h - cand) * z * (1 - z), ds * h * r * (1 - r)], axis=1)
+        da_zr = jnp.concatenate([dh * dz_dh_t, ds * dr_ds_t], axis=1)
         dh_prev = dh * z + ds * r + da_zr @ W_hzr_T
         return dh_prev, (da_zr, da_cand)
 
-    dh0, (dA_zr, dA_cand) = jax.lax.scan(step, dh_T, (dHs, H_prev, Z, R, Cand), reverse=True)
+    xs = (dHs, Z, R, dcand_dh, dz_dh, dr_ds)
+    dh0, (dA_zr, dA_cand) = jax.lax.scan(step, dh_T, xs, reverse=True)
     dW_hzr = _sum_outer(H_prev, dA_zr)
     dW_hh = _sum_outer(R * H_prev, dA_cand)
     return dW_hzr, dW_hh, jnp.concatenate([dA_zr, dA_cand], axis=-1), dh0
 
 
-_gru.defvjp(_gru_fwd, _gru_bwd)
+@vjp_both_modes(_gru_fwd, _gru_bwd)
+def _gru(W_hzr, W_hh, XW, h0):
+    """The GRU over ``XW`` ``(T, B, 3H)`` (z, r, candidate blocks), from ``h0``."""
+    return _gru_fwd(W_hzr, W_hh, XW, h0)[0]
 
 
 # ------------------------------------------------------------------ lstm recurrence
@@ -286,12 +342,6 @@ _gru.defvjp(_gru_fwd, _gru_bwd)
 def lstm_recurrence(params: Params, XW: jax.Array, state: State) -> tuple[Sequence, State]:
     W_h = jnp.concatenate([params[f"W_h{g}"] for g in GATES["lstm"]], axis=1)  # (H, 4H)
     return _lstm(W_h, XW, state)
-
-
-@jax.custom_vjp
-def _lstm(W_h, XW, state):
-    """The LSTM over ``XW`` ``(T, B, 4H)`` (i, f, o, candidate blocks), from ``(h0, c0)``."""
-    return _lstm_fwd(W_h, XW, state)[0]
 
 
 def _lstm_fwd(W_h, XW, state):
@@ -334,7 +384,10 @@ def _lstm_bwd(residuals, cotangents):
     return _sum_outer(H_prev, dA), dA, (dh0, dc0)
 
 
-_lstm.defvjp(_lstm_fwd, _lstm_bwd)
+@vjp_both_modes(_lstm_fwd, _lstm_bwd)
+def _lstm(W_h, XW, state):
+    """The LSTM over ``XW`` ``(T, B, 4H)`` (i, f, o, candidate blocks), from ``(h0, c0)``."""
+    return _lstm_fwd(W_h, XW, state)[0]
 
 
 # ------------------------------------------------------------------ registry

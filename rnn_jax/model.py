@@ -12,9 +12,10 @@ numbers faster, and the tests hold the two equal:
   ``T`` steps before the scan, as a row gather of ``W_xh`` (``one_hot(x) @ W == W[x]``);
 * only ``h_{t-1} W_hh`` and ``tanh`` stay inside ``jax.lax.scan``;
 * the head ``h_t W_hq + b_q`` is one matmul over all steps after the scan;
-* the backward pass of the scan (``_recurrence``'s custom VJP) returns the gradient of
-  ``W_hh`` as one ``(H, T B) @ (T B, H)`` matmul after the reverse scan, rather than
-  summing ``T`` small outer products inside it.
+* the backward pass of the scan (``_recurrence``'s hand-written VJP) returns the gradient
+  of ``W_hh`` as one ``(H, T B) @ (T B, H)`` matmul after the reverse scan, rather than
+  summing ``T`` small outer products inside it; forward mode (``jax.jvp``, ``jacfwd``)
+  runs that VJP transposed (see ``rnn_jax/cells.py``).
 
 ``init``, ``zero_state``, ``apply`` and ``step`` build the model a ``ModelConfig``
 describes (any cell of ``rnn_jax.cells``, stacked, with dropout between layers) the same
@@ -76,7 +77,7 @@ def forward(params: Params, tokens: Tokens, state: Hidden) -> tuple[Logits, Hidd
 
 
 def _recurrence(W_hh: jax.Array, XW: jax.Array, h0: Hidden) -> tuple[jax.Array, Hidden]:
-    """``h_t = tanh(XW_t + h_{t-1} W_hh)``: all ``h_t`` ``(T, B, H)`` and ``h_T`` (custom VJP)."""
+    """``h_t = tanh(XW_t + h_{t-1} W_hh)``: all ``h_t`` ``(T, B, H)`` and ``h_T`` (fast VJP)."""
     return cells.activation_recurrence("tanh", W_hh, XW, h0)
 
 
@@ -141,8 +142,9 @@ def apply(
     """Run the model over ``tokens`` ``(B, T)`` from ``state``: logits ``(B, T, V)``, state.
 
     The fast path: each layer's input projection is hoisted out of its scan (a gather of
-    the fused ``W_x`` rows for the one-hot layer 0), the cell's recurrence has a custom
-    VJP, and the head is one matmul after the last scan. With ``key`` (training) and
+    the fused ``W_x`` rows for the one-hot layer 0), the cell's recurrence has a
+    hand-written VJP (which also serves ``jax.jvp``, transposed), and the head is one
+    matmul after the last scan. With ``key`` (training) and
     ``config.dropout > 0``, dropout is applied to the outputs of every layer but the last.
 
     With ``config.compute_dtype`` bfloat16 the cells' parameters and ``state`` are cast to

@@ -1,9 +1,10 @@
 """The cells and the stacked language model against references written here.
 
-Each cell's book step against NumPy; the fast recurrence (fused projection, custom VJP)
-against a Python loop of the step, and its gradients against finite differences, in
-float64; the model's ``apply`` against ``reference_apply`` and a hand-wired stack;
-dropout; the bidirectional layer; a short training of each cell.
+Each cell's book step against NumPy; the fast recurrence (fused projection, hand-written
+VJP) against a Python loop of the step, and its gradients against finite differences, in
+float64; the model's ``apply`` against ``reference_apply`` and a hand-wired stack, under
+every transformation (jvp, jacfwd, grad, both HVP orders); dropout; the bidirectional
+layer; a short training of each cell.
 
 Test data comes from NumPy and every JAX function under test is jitted once: eager JAX
 ops compile one by one, which would dominate the runtime.
@@ -82,6 +83,12 @@ def _loop(cell, params, X, state):
         state, out = cell.step(params, state, X[t])
         outputs.append(out)
     return jnp.stack(outputs), state
+
+
+def _plain_scan(cell, params, X, state):
+    """The book's step in a ``lax.scan`` (plain autodiff in both modes)."""
+    state, Ys = jax.lax.scan(lambda s, x: cell.step(params, s, x), state, X)
+    return Ys, state
 
 
 def _close(a, b, atol=1e-5):
@@ -258,6 +265,126 @@ def test_zero_state_layout(num_layers):
         assert all(x.shape == (B, H) and not x.any() for x in jax.tree.leaves(state))
         if num_layers == 1 and name != "lstm":
             assert isinstance(state, jax.Array)  # the book's (B, H), as before
+
+
+# ---------------------------------------------------------------- every transformation
+
+TRANSFORM_MODELS = [
+    *(
+        ModelConfig(vocab_size=7, num_hiddens=H, cell=name, nonlinearity=nonlinearity, sigma=0.5)
+        for name, nonlinearity in CELLS
+    ),
+    ModelConfig(vocab_size=7, num_hiddens=H, cell="rnn", sigma=0.5, num_layers=2),
+]
+TRANSFORM_IDS = [*IDS, "rnn-2-layers"]
+
+
+@pytest.mark.parametrize(("name", "nonlinearity"), CELLS, ids=IDS)
+def test_scan_forward_mode_float64(name, nonlinearity):
+    """``jax.jvp`` and ``jax.jacfwd`` of ``cells.scan`` (hence of the cell's recurrence,
+    with tangents into its weights, ``XW`` and state) equal those of a plain ``lax.scan``
+    of the book's step."""
+    cell = cells.get(name, nonlinearity)
+    with jax.enable_x64(True):
+        params, state, X = _cell_inputs(cell, seed=11, dtype=np.float64)
+        args = (params, X, state)
+        tangents = _normal_like(args, 12, scale=1.0, dtype=np.float64)
+
+        @partial(jax.jit, static_argnums=0)
+        def derivatives(run, args, tangents):
+            fn = partial(run, cell)
+            return jax.jvp(fn, args, tangents), jax.jacfwd(fn, argnums=(0, 1, 2))(*args)
+
+        fast = derivatives(cells.scan, args, tangents)
+        slow = derivatives(_plain_scan, args, tangents)
+        _close(fast, slow, atol=1e-12)
+        assert np.abs(np.asarray(fast[0][1][0])).max() > 1e-3  # a tangent that is not zero
+
+
+def _all_derivatives(config, fn, params, tokens, state, tangents):
+    """Outputs, JVP, Jacobian (forward), gradient, and Hessian-vector products
+    forward-over-reverse and reverse-over-forward of ``fn`` (``apply``'s signature)."""
+    weights = np.random.default_rng(3).standard_normal((B, T, config.vocab_size))
+
+    def outputs(params, state):
+        return fn(config, params, tokens, state)
+
+    def loss(params, state):
+        logits, final = outputs(params, state)
+        return (weights * logits).sum() + sum((s**2).sum() for s in jax.tree.leaves(final))
+
+    primals = (params, state)
+    grad = jax.grad(loss, argnums=(0, 1))
+    return {
+        "jvp": jax.jvp(outputs, primals, tangents),
+        "jacfwd": jax.jacfwd(outputs, argnums=(0, 1))(*primals),
+        "grad": grad(*primals),
+        "hvp_fwd_rev": jax.jvp(grad, primals, tangents)[1],
+        "hvp_rev_fwd": jax.grad(lambda *p: jax.jvp(loss, p, tangents)[1], (0, 1))(*primals),
+    }
+
+
+@pytest.mark.parametrize("config", TRANSFORM_MODELS, ids=TRANSFORM_IDS)
+def test_every_transformation_of_apply_matches_the_reference_float64(config):
+    """``model.apply`` (the fast recurrences) against ``model.reference_apply`` (a plain
+    scan of the book's steps) under jvp, jacfwd, grad and both HVP orders."""
+    params, tokens, state = _model_inputs(config)
+    with jax.enable_x64(True):
+        params, state = jax.tree.map(lambda x: np.asarray(x, np.float64), (params, state))
+        tangents = _normal_like((params, state), 13, scale=1.0, dtype=np.float64)
+        run = jax.jit(partial(_all_derivatives, config), static_argnums=0)
+        fast = run(model.apply, params, tokens, state, tangents)
+        slow = run(model.reference_apply, params, tokens, state, tangents)
+        for k in fast:
+            _close(fast[k], slow[k], atol=1e-11)
+        _close(fast["hvp_fwd_rev"], fast["hvp_rev_fwd"], atol=1e-11)  # the Hessian is symmetric
+        assert jax.tree.leaves(fast["jacfwd"])[0].dtype == np.float64
+        assert np.abs(np.asarray(fast["hvp_fwd_rev"][0]["W_hq"])).max() > 1e-3
+
+
+def test_step_forward_mode_matches_the_reference_float64():
+    """``model.step`` (the sampler's unit) under ``jax.jvp``: the reference's first step."""
+    config = ModelConfig(vocab_size=7, num_hiddens=H, cell="lstm", sigma=0.5, num_layers=2)
+    params, tokens, state = _model_inputs(config)
+    with jax.enable_x64(True):
+        params, state = jax.tree.map(lambda x: np.asarray(x, np.float64), (params, state))
+        tangents = _normal_like((params, state), 14, scale=1.0, dtype=np.float64)
+
+        @jax.jit
+        def both(params, state, tangents):
+            def fast(params, state):
+                return model.step(config, params, state, tokens[:, 0])
+
+            def slow(params, state):
+                logits, state = model.reference_apply(config, params, tokens[:, :1], state)
+                return state, logits[:, 0]
+
+            return jax.jvp(fast, (params, state), tangents), jax.jvp(
+                slow, (params, state), tangents
+            )
+
+        fast, slow = both(params, state, tangents)
+        _close(fast, slow, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "matmuls"), [("rnn", 1), ("gru", 2), ("lstm", 1)])
+def test_reverse_mode_is_the_hand_written_vjp(name, matmuls):
+    """The train step's gradient runs one forward and one reverse scan per layer, and the
+    reverse scan holds only the ``dA W_h^T`` matmuls of the hand-written VJP (the weight
+    gradient is one matmul after it), not plain autodiff's per-step outer products."""
+    config = ModelConfig(vocab_size=7, num_hiddens=H, cell=name, num_layers=2)
+    params, tokens, state = _model_inputs(config)
+
+    def loss(params):
+        return model.apply(config, params, tokens, state)[0].sum()
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+    scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+    backward = [e for e in scans if e.params["reverse"]]
+    assert len(scans) == 4 and len(backward) == 2
+    for eqn in backward:
+        body = eqn.params["jaxpr"].jaxpr
+        assert sum(e.primitive.name == "dot_general" for e in body.eqns) == matmuls
 
 
 # ---------------------------------------------------------------- bidirectional

@@ -220,3 +220,25 @@ def test_custom_vjp_matches_plain_scan_gradients(params):
     fast, plain = both(params, h0)
     chex.assert_trees_all_close(fast, plain, rtol=1e-5, atol=1e-5)
     assert np.abs(np.asarray(fast[1][0]["W_hh"])).max() > 1e-3
+
+
+def test_forward_mode_matches_plain_scan_float64(params):
+    """``jax.jvp`` and ``jax.jacfwd`` of ``forward`` (the recurrence's forward rule is its
+    hand-written VJP transposed) == those of ``lax.scan`` over ``rnn_step``, in float64."""
+    tokens = _tokens(6)
+    with jax.enable_x64(True):
+        primals = jax.tree.map(lambda x: np.asarray(x, np.float64), (params, _state()))
+        rng = np.random.default_rng(7)
+        tangents = jax.tree.map(lambda x: rng.standard_normal(x.shape), primals)
+
+        @jax.jit
+        def both(primals, tangents):
+            def derivatives(forward):
+                fn = lambda p, h: forward(p, tokens, h)  # noqa: E731
+                return jax.jvp(fn, primals, tangents), jax.jacfwd(fn, (0, 1))(*primals)
+
+            return derivatives(model.forward), derivatives(_book_scan)
+
+        fast, plain = both(primals, tangents)
+    chex.assert_trees_all_close(fast, plain, rtol=1e-10, atol=1e-12)
+    assert np.abs(np.asarray(fast[0][1][0])).max() > 1e-3
