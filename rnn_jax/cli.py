@@ -178,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     hosts.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
     hosts.add_argument("--num-processes", type=str, metavar="P", help="processes in all")
     hosts.add_argument("--process-id", type=str, metavar="I", help="this process, 0..P-1")
+    hosts.add_argument(
+        "--distributed-timeout",
+        type=str,
+        default="60",
+        metavar="S",
+        help="seconds to wait for the coordinator (default: 60)",
+    )
     add_config_flags(train, ModelConfig, exclude=("vocab_size",))
     add_config_flags(train, TrainConfig)
     add_config_flags(train, RunConfig)
@@ -294,6 +301,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         coordinator=args.coordinator,
         num_processes=integer("--num-processes", args.num_processes, 1),
         process_id=integer("--process-id", args.process_id, 0),
+        distributed_timeout=integer("--distributed-timeout", args.distributed_timeout, 1),
     )
     if args.step is not None and args.resume is None:
         raise UsageError("--step goes with --resume RUN_DIR")

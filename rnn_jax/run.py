@@ -92,6 +92,7 @@ class TrainRequest:
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    distributed_timeout: int = 60
     echo: Callable[[str], None] = tqdm.write
 
 
@@ -236,11 +237,17 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
     if parallel.distributed_requested(request.coordinator, request.num_processes):
         try:
             parallel.initialize_distributed(
-                request.coordinator, request.num_processes, request.process_id
+                request.coordinator,
+                request.num_processes,
+                request.process_id,
+                timeout_s=request.distributed_timeout,
             )
         except RuntimeError as err:
             raise ValueError(str(err)) from None
     main_process = parallel.is_main_process()
+    if not main_process:  # process 0 speaks for the run
+        request = dataclasses.replace(request, echo=_silent)
+        echo = _silent
     restored = None
     if request.resume is not None:
         if request.out is not None and request.out.absolute() != request.resume.absolute():
@@ -442,6 +449,10 @@ def _train(
     return Outcome(run_dir, model_config, train_config, dataset, result, signals.received)
 
 
+def _silent(text: str) -> None:
+    del text
+
+
 def _cache(run_config: RunConfig) -> str | bool | None:
     """The token cache: ``--cache-dir``, else the default folder; none with ``--no-cache``."""
     return (run_config.cache_dir or True) if run_config.cache else None
@@ -579,6 +590,10 @@ def train_from_request(request: TrainRequest) -> int:
         if request.seeds is not None:
             return _train_sweep(request)
         outcome = execute(request, signals)
+    from rnn_jax import parallel
+
+    if not parallel.is_main_process():
+        request = dataclasses.replace(request, echo=_silent)
     result = outcome.result
     if result is None:
         return 0

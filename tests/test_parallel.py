@@ -79,7 +79,7 @@ def _train(
     start, stop = (0, B) if mesh is None else parallel.process_rows(B, mesh)
     losses = []
     for epoch in range(config.num_epochs):
-        Xs, Ys = loop.epoch_batches(dataset, config, epoch)
+        Xs, Ys = loop.epoch_batches(dataset, config, epoch).materialise()
         state = state.replace(hidden=parallel.zero_hidden(model_config, B, mesh))
         for k in range(len(Xs)):
             X, Y = Xs[k, start:stop], Ys[k, start:stop]
