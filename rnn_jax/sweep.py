@@ -526,9 +526,15 @@ def curves(group: Sequence[MemberResult], field: str) -> tuple[np.ndarray, np.nd
     return epochs, values
 
 
-def plot_groups(results: Sequence[MemberResult], path: Path, title: str = "") -> None:
+def plot_groups(
+    results: Sequence[MemberResult],
+    path: Path,
+    title: str = "",
+    labels: dict[tuple[float, ...], str] | None = None,
+) -> None:
     """Train (solid) and validation (dashed) perplexity per epoch: per group the mean over
-    its finite members and the min-max band, log-scaled like the book's."""
+    its finite members and the min-max band, log-scaled like the book's. ``labels`` names
+    groups by their ``(lr, theta, sigma)`` (default: the swept values)."""
     import matplotlib.pyplot as plt  # report has set the Agg backend
 
     names = swept(results)
@@ -537,7 +543,8 @@ def plot_groups(results: Sequence[MemberResult], path: Path, title: str = "") ->
     for n, (key, group) in enumerate(groups(results).items()):
         color = colors[n % len(colors)]
         lost = sum(r.diverged for r in group)
-        label = group_label(key, names) + (f" ({lost}/{len(group)} diverged)" if lost else "")
+        label = (labels or {}).get(key) or group_label(key, names)
+        label += f" ({lost}/{len(group)} diverged)" if lost else ""
         for field, style, suffix in (("train_ppl", "-", " train"), ("val_ppl", "--", " val")):
             epochs, values = curves(group, field)
             seen = ~np.all(np.isnan(values), axis=0)

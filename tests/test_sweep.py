@@ -51,14 +51,27 @@ def make_members(dataset: loop.Dataset, partition: str, variants=VARIANTS) -> li
     ]
 
 
-@pytest.fixture(scope="module", params=["sequential", "random"])
-def runs(request, dataset, tmp_path_factory):
-    """``(members, vmap results, loop results, out_dir of the vmap run)`` per partition."""
-    members = make_members(dataset, request.param)
-    out_dir = tmp_path_factory.mktemp(f"sweep-{request.param}")
-    vmapped = sweep.fit_sweep(members, dataset, out_dir=out_dir, mode="vmap", **QUIET)
-    looped = sweep.fit_sweep(members, dataset, mode="loop", **QUIET)
-    return members, vmapped, looped, out_dir
+@pytest.fixture(scope="module")
+def sweeps(dataset, tmp_path_factory):
+    """``sweeps(partition)``: ``(members, vmap results, loop results, out_dir of the vmap
+    run)``, computed once per partition."""
+    cache = {}
+
+    def get(partition: str):
+        if partition not in cache:
+            members = make_members(dataset, partition)
+            out_dir = tmp_path_factory.mktemp(f"sweep-{partition}")
+            vmapped = sweep.fit_sweep(members, dataset, out_dir=out_dir, mode="vmap", **QUIET)
+            looped = sweep.fit_sweep(members, dataset, mode="loop", **QUIET)
+            cache[partition] = members, vmapped, looped, out_dir
+        return cache[partition]
+
+    return get
+
+
+@pytest.fixture(params=["sequential", "random"])
+def runs(request, sweeps):
+    return sweeps(request.param)
 
 
 def max_param_diff(a, b) -> float:
@@ -89,8 +102,8 @@ def test_members_differ(runs) -> None:
     assert any(h["clipped_fraction"] > 0 for r in vmapped for h in r.history)
 
 
-def test_loop_mode_is_loop_fit_bitwise(runs, dataset) -> None:
-    members, _, looped, _ = runs
+def test_loop_mode_is_loop_fit_bitwise(sweeps, dataset) -> None:
+    members, _, looped, _ = sweeps("sequential")
     member = members[1]
     solo = loop.fit(member.model_config, member.config, dataset, progress=False, **QUIET)
     assert max_param_diff(looped[1].state.params, solo.state.params) == 0
@@ -99,8 +112,8 @@ def test_loop_mode_is_loop_fit_bitwise(runs, dataset) -> None:
             assert rl[field] == rs[field]
 
 
-def test_run_folders(runs, dataset) -> None:
-    members, vmapped, _, out_dir = runs
+def test_run_folders(sweeps) -> None:
+    members, vmapped, _, out_dir = sweeps("sequential")
     assert (out_dir / "perplexity.png").stat().st_size > 0
     summary = json.loads((out_dir / sweep.SWEEP_JSON).read_text())
     assert summary["mode"] == "vmap"
@@ -123,13 +136,12 @@ def test_run_folders(runs, dataset) -> None:
     assert max_param_diff(restored.params, vmapped[1].state.params) == 0
 
 
-def test_diverging_member_leaves_the_others_alone(dataset) -> None:
-    steady = make_members(dataset, "sequential")
+def test_diverging_member_leaves_the_others_alone(sweeps, dataset) -> None:
+    steady, calm, _, _ = sweeps("sequential")
     wild = list(steady)
     wild[1] = sweep.Member(
         steady[1].model_config, dataclasses.replace(steady[1].config, lr=1e6, theta=1e9)
     )
-    calm = sweep.fit_sweep(steady, dataset, **QUIET)
     mixed = sweep.fit_sweep(wild, dataset, **QUIET)
     assert mixed[1].diverged and mixed[1].state is None
     assert all(r["diverged"] and r["train_ppl"] == math.inf for r in mixed[1].history[-1:])

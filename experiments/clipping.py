@@ -1,0 +1,84 @@
+"""Why the book clips gradients (D2L 9.5.3): the same RNN at thresholds 0.1, 1, 10 and none.
+
+    /work/main/.venv/bin/python experiments/clipping.py --out runs/clipping
+
+RESULTS_PLACEHOLDER
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rnn_jax import loop, sweep
+from rnn_jax.config import ModelConfig, TrainConfig
+
+NO_CLIP = 1e9  # "none": a threshold no gradient norm reaches (TrainConfig wants a finite one)
+THETAS = (0.1, 1.0, 10.0, NO_CLIP)
+
+
+def theta_name(theta: float) -> str:
+    return "none" if theta == NO_CLIP else f"{theta:g}"
+
+
+def table(results: list[sweep.MemberResult]) -> str:
+    """Per threshold: final train and validation perplexity (mean ± std over the seeds
+    that did not diverge), the fraction of steps clipped, and the members that diverged."""
+    lines = [
+        "| theta | train ppl | val ppl | steps clipped | diverged |",
+        "|---|---|---|---|---|",
+    ]
+    for key, group in sweep.groups(results).items():
+        s = sweep.group_summary(key, group)
+
+        def spread(field: str, s=s) -> str:
+            mean, std = s[f"{field}_mean"], s[f"{field}_std"]
+            return "-" if mean is None else f"{mean:.2f} ± {std:.2f}"
+
+        lines.append(
+            f"| {theta_name(s['theta'])} | {spread('train_ppl')} | {spread('val_ppl')} | "
+            f"{s['clipped_fraction']:.0%} | {s['diverged']}/{len(group)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/clipping"), help="folder")
+    parser.add_argument("--lr", type=float, default=8.0, help="SGD rate (unclipped diverges)")
+    parser.add_argument("--epochs", type=int, default=100, help="passes over the training split")
+    parser.add_argument("--num-hiddens", type=int, default=256, help="H")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per threshold")
+    parser.add_argument("--tiny", action="store_true", help="a few steps at H 8 (for the tests)")
+    args = parser.parse_args()
+
+    config = TrainConfig(lr=args.lr, num_epochs=args.epochs, sample_every=0)  # the book's data
+    H, seeds = args.num_hiddens, range(args.seeds)
+    if args.tiny:
+        config = TrainConfig(
+            max_tokens=600, batch_size=4, num_steps=8, lr=args.lr, num_epochs=2, sample_every=0
+        )
+        H, seeds = 8, range(2)
+    dataset = loop.load_dataset(config)
+    model_config = ModelConfig(vocab_size=dataset.vocab_size, num_hiddens=H)
+    members = sweep.grid(model_config, config, seeds=seeds, thetas=THETAS)
+    print(f"{len(members)} members, H {H}, lr {config.lr}, {config.num_epochs} epochs")
+
+    started = time.perf_counter()
+    results = sweep.fit_sweep(members, dataset, out_dir=args.out, echo=lambda _: None)
+    wall = time.perf_counter() - started
+    labels = {key: f"theta {theta_name(key[1])}" for key in sweep.groups(results)}
+    sweep.plot_groups(
+        results,
+        args.out / "clipping.png",
+        title=f"rnn H {H}, SGD lr {config.lr:g}: mean and min-max over {len(seeds)} seeds",
+        labels=labels,
+    )
+    text = table(results) + "\n\n" + f"{len(members)} members in one vmapped sweep, {wall:.0f} s\n"
+    (args.out / "clipping.md").write_text(text, "utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
