@@ -22,7 +22,8 @@ The run folder::
 
     out_dir/sweep.json              members, groups, final figures
     out_dir/perplexity.png          mean and min-max band per group (members differing only in seed)
-    out_dir/member-<i>-seed<s>/     config.json, metrics.jsonl, perplexity.png, checkpoints/
+    out_dir/member-<i>-seed<s>/     config.json, metrics.jsonl, checkpoints/ (and loop.fit's
+                                    perplexity.png in loop mode)
 """
 
 from __future__ import annotations
@@ -292,9 +293,6 @@ def fit_sweep(
     if out_dir is not None:
         for result in results:
             _save_checkpoint(result, dataset)
-            report.plot_perplexity(
-                result.history, result.run_dir / loop.PLOT, title=member_title(result.member)
-            )
         write_summary(Path(out_dir), results, mode=mode, wall_s=wall_s)
         plot_groups(results, Path(out_dir) / loop.PLOT)
     return results
