@@ -529,10 +529,12 @@ def plot_groups(
     path: Path,
     title: str = "",
     labels: dict[tuple[float, ...], str] | None = None,
+    cap: float = math.inf,
 ) -> None:
     """Train (solid) and validation (dashed) perplexity per epoch: per group the mean over
     its finite members and the min-max band, log-scaled like the book's. ``labels`` names
-    groups by their ``(lr, theta, sigma)`` (default: the swept values)."""
+    groups by their ``(lr, theta, sigma)`` (default: the swept values); perplexities above
+    ``cap`` are left out like diverged ones (a log axis cannot span 1e200)."""
     import matplotlib.pyplot as plt  # report has set the Agg backend
 
     names = swept(results)
@@ -545,6 +547,7 @@ def plot_groups(
         label += f" ({lost}/{len(group)} diverged)" if lost else ""
         for field, style, suffix in (("train_ppl", "-", " train"), ("val_ppl", "--", " val")):
             epochs, values = curves(group, field)
+            values[values > cap] = np.nan
             seen = ~np.all(np.isnan(values), axis=0)
             if not seen.any():
                 continue
