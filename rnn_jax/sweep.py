@@ -529,7 +529,7 @@ def plot_groups(
     path: Path,
     title: str = "",
     labels: dict[tuple[float, ...], str] | None = None,
-    cap: float = math.inf,
+    cap: float = 1e6,
 ) -> None:
     """Train (solid) and validation (dashed) perplexity per epoch: per group the mean over
     its finite members and the min-max band, log-scaled like the book's. ``labels`` names
@@ -611,8 +611,9 @@ def group_summary(key: tuple[float, ...], group: Sequence[MemberResult]) -> dict
     for field in ("train_ppl", "val_ppl"):
         _, values = curves(group, field)
         last = values[:, -1][~np.isnan(values[:, -1])]
-        out[f"{field}_mean"] = float(last.mean()) if last.size else None
-        out[f"{field}_std"] = float(last.std()) if last.size else None
+        with np.errstate(over="ignore"):  # a run blowing up (1e300) without overflowing
+            out[f"{field}_mean"] = float(last.mean()) if last.size else None
+            out[f"{field}_std"] = float(last.std()) if last.size else None
     fractions = [
         h["clipped_fraction"] for r in group for h in r.history if h["clipped_fraction"] is not None
     ]
