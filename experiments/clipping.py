@@ -32,6 +32,10 @@ def blown_up(ppl: float | None) -> bool:
     return ppl is not None and not (math.isfinite(ppl) and ppl <= BLOWN_UP)
 
 
+def first_blown_up(result: sweep.MemberResult) -> int:
+    return next(h["epoch"] for h in result.history if blown_up(h["train_ppl"]))
+
+
 def table(results: list[sweep.MemberResult]) -> str:
     """Per threshold: final train and validation perplexity (mean ± std over the seeds
     that did not diverge), the fraction of steps clipped (over all members and epochs),
@@ -48,11 +52,7 @@ def table(results: list[sweep.MemberResult]) -> str:
             return f"{values.mean():.2f} ± {values.std():.2f}" if len(values) else "-"
 
         fractions = [h["clipped_fraction"] for r in group for h in r.history]
-        lost = [
-            next(h["epoch"] for h in r.history if blown_up(h["train_ppl"]))
-            for r in group
-            if r not in kept
-        ]
+        lost = [first_blown_up(r) for r in group if r not in kept]
         when = f" ({min(lost)})" if lost else ""
         lines.append(
             f"| {theta_name(key[1])} | {spread('train_ppl')} | {spread('val_ppl')} | "
@@ -86,7 +86,12 @@ def main() -> None:
     started = time.perf_counter()
     results = sweep.fit_sweep(members, dataset, out_dir=args.out, echo=lambda _: None)
     wall = time.perf_counter() - started
-    labels = {key: f"theta {theta_name(key[1])}" for key in sweep.groups(results)}
+    labels = {}
+    for key, group in sweep.groups(results).items():
+        lost = [first_blown_up(r) for r in group if blown_up(r.history[-1]["train_ppl"])]
+        labels[key] = f"theta {theta_name(key[1])}"
+        if lost:
+            labels[key] += f" ({len(lost)}/{len(group)} blown up by epoch {max(lost)})"
     sweep.plot_groups(
         results,
         args.out / "clipping.png",

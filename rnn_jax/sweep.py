@@ -18,6 +18,11 @@ A member whose training perplexity becomes non-finite (``loop.fit`` would raise
 no arithmetic, so it cannot disturb the others; its records say ``diverged`` with
 ``train_ppl`` and ``val_ppl`` infinite, and it gets no checkpoint.
 
+Each member's final checkpoint holds its state as its solo run would (``solo_state``:
+``step.make_optimizer``'s optimizer state, exact because clipping and plain SGD keep no
+state beyond their hyperparameters), so ``rnn-jax sample --checkpoint`` and resuming
+treat a member folder like any run folder.
+
 The run folder::
 
     out_dir/sweep.json              members, groups, final figures
@@ -32,6 +37,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +61,8 @@ HYPERPARAMETERS = ("lr", "theta", "sigma")  # what tells groups apart (seeds rep
 
 @dataclass(frozen=True)
 class Member:
+    """One run of a sweep: what its solo ``loop.fit`` would be given."""
+
     model_config: ModelConfig
     config: TrainConfig
 
@@ -547,13 +555,18 @@ def plot_groups(
         label += f" ({lost}/{len(group)} diverged)" if lost else ""
         for field, style, suffix in (("train_ppl", "-", " train"), ("val_ppl", "--", " val")):
             epochs, values = curves(group, field)
-            values[values > cap] = np.nan
-            seen = ~np.all(np.isnan(values), axis=0)
-            if not seen.any():
+            measured = np.array(
+                [any(g.history[e][field] is not None for g in group) for e in range(len(epochs))]
+            )
+            if not measured.any():
                 continue
-            v = values[:, seen]
-            ax.plot(epochs[seen], np.nanmean(v, 0), style, color=color, label=label + suffix)
-            ax.fill_between(epochs[seen], np.nanmin(v, 0), np.nanmax(v, 0), color=color, alpha=0.2)
+            values[values > cap] = np.nan  # breaks the line: those epochs are not skipped
+            v = values[:, measured]
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN epochs stay NaN
+                mean, low, high = np.nanmean(v, 0), np.nanmin(v, 0), np.nanmax(v, 0)
+            ax.plot(epochs[measured], mean, style, color=color, label=label + suffix)
+            ax.fill_between(epochs[measured], low, high, color=color, alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
