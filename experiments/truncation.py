@@ -8,14 +8,18 @@ min-max band over 3 seeds) and one sweep folder per strategy (``strategy-<i>/``)
 ``--out``. Measured here (2-core CPU shared with other jobs, load average 7-9, so the
 wall times are noisy), rnn H 128, the command above: RESULTS_WALL
 
-    | strategy             | updates | tokens    | train ppl   | val ppl      | best val ppl (epoch) | train wall s | ms/step |
-    |----------------------|---------|-----------|-------------|--------------|----------------------|--------------|---------|
-    | regular, tau 5       | 8,400   | 1,344,000 | 3.28 ± 0.02 | 14.35 ± 0.48 | 8.87 ± 0.13 (18)     | 33.6         | 4.0     |
-    | regular, tau 20      | 2,100   | 1,344,000 | 2.64 ± 0.04 | 15.43 ± 0.82 | 8.56 ± 0.06 (49)     | 13.8         | 6.6     |
-    | regular, tau 35      | 1,200   | 1,344,000 | 3.84 ± 0.02 | 10.88 ± 0.16 | 8.56 ± 0.08 (77)     | 23.0         | 19.2    |
-    | full BPTT, T 100     | 300     | 960,000   | 8.73 ± 0.16 | 9.58 ± 0.17  | 9.49 ± 0.06 (147)    | 10.1         | 33.6    |
-    | T 100, cut every 20  | 300     | 960,000   | 8.75 ± 0.10 | 9.63 ± 0.12  | 9.50 ± 0.03 (138)    | 13.3         | 44.5    |
-    | randomized, T 100, mean 35 | 300 | 960,000 | 8.71 ± 0.14 | 9.51 ± 0.06  | 9.48 ± 0.02 (150)    | 15.8         | 52.7    |
+    | strategy                 | updates | train ppl   | val ppl      | best val (epoch)  |
+    |--------------------------|---------|-------------|--------------|-------------------|
+    | regular, tau 5           | 8,400   | 3.28 ± 0.02 | 14.35 ± 0.48 | 8.87 ± 0.13 (18)  |
+    | regular, tau 20          | 2,100   | 2.64 ± 0.04 | 15.43 ± 0.82 | 8.56 ± 0.06 (49)  |
+    | regular, tau 35          | 1,200   | 3.84 ± 0.02 | 10.88 ± 0.16 | 8.56 ± 0.08 (77)  |
+    | full BPTT, T 100         | 300     | 8.73 ± 0.16 | 9.58 ± 0.17  | 9.49 ± 0.06 (147) |
+    | T 100, cut every 20      | 300     | 8.75 ± 0.10 | 9.63 ± 0.12  | 9.50 ± 0.03 (138) |
+    | randomized, T 100, mean 35 | 300   | 8.71 ± 0.14 | 9.51 ± 0.06  | 9.48 ± 0.02 (150) |
+
+    training wall s (ms/step): tau 5 33.6 (4.0), tau 20 13.8 (6.6), tau 35 23.0 (19.2),
+    full 10.1 (33.6), cut every 20 13.3 (44.5), randomized 15.8 (52.7); tokens seen
+    1,344,000 for tau 5-35 and 960,000 for the T-100 windows.
 
 (ppl: mean ± std over seeds at the last epoch; best: each seed's lowest validation
 perplexity, and the epoch where the seeds' mean is lowest.)
