@@ -5,8 +5,9 @@
 Writes ``truncation.md`` (the table below), ``truncation.json``, ``truncation.png``
 (validation perplexity against training wall time and against tokens seen, mean and
 min-max band over 3 seeds) and one sweep folder per strategy (``strategy-<i>/``) to
-``--out``. Measured here (2-core CPU shared with other jobs, load average 7-9, so the
-wall times are noisy), rnn H 128, the command above: RESULTS_WALL
+``--out``. Measured here (2-core CPU shared with other jobs, load average 5-9, so the
+wall times are noisy), rnn H 128, the command above: 102 s in all (a first run under
+heavier load took 171 s and gave the same perplexities to the last digit):
 
     | strategy                 | updates | train ppl   | val ppl      | best val (epoch)  |
     |--------------------------|---------|-------------|--------------|-------------------|
@@ -17,8 +18,8 @@ wall times are noisy), rnn H 128, the command above: RESULTS_WALL
     | T 100, cut every 20      | 300     | 8.75 ± 0.10 | 9.63 ± 0.12  | 9.50 ± 0.03 (138) |
     | randomized, T 100, mean 35 | 300   | 8.71 ± 0.14 | 9.51 ± 0.06  | 9.48 ± 0.02 (150) |
 
-    training wall s (ms/step): tau 5 33.6 (4.0), tau 20 13.8 (6.6), tau 35 23.0 (19.2),
-    full 10.1 (33.6), cut every 20 13.3 (44.5), randomized 15.8 (52.7); tokens seen
+    training wall s (ms/step): tau 5 14.0 (1.7), tau 20 13.5 (6.5), tau 35 11.4 (9.5),
+    full 8.3 (27.8), cut every 20 9.9 (33.1), randomized 10.8 (35.9); tokens seen
     1,344,000 for tau 5-35 and 960,000 for the T-100 windows.
 
 (ppl: mean ± std over seeds at the last epoch; best: each seed's lowest validation
@@ -35,8 +36,10 @@ per token: their curves overlap and their final figures agree within the spread 
 seeds (9.51-9.63). This is D2L 9.7.1.2's observation: randomized truncation, though
 unbiased, does not beat regular truncation in practice; long-range gradient terms
 contribute little here (an RNN's gradient through tanh decays over a few tens of steps).
-Wall time favours the short windows on this CPU: the T-100 step is one long sequential
-scan, and the randomized step's 20 chunked scans cost more again (ms/step above).
+Per second of training the regular windows of 20-35 reach the lowest validation
+perplexity (the left panel): the T-100 runs spend about as long per token (8-11 s for
+all 150 epochs) on a fifth of the updates. The chunked steps (cut every 20, randomized)
+cost 20-30% more per step than the plain T-100 step: a scan over chunks of scans.
 
 The three strategies of D2L 9.7.1, on one RNN (sequential minibatches, the hidden state
 carried across them, SGD with clipping):
