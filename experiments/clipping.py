@@ -20,8 +20,8 @@ diverges. A member counts as diverged when its training perplexity exceeds 1,000
 uniform guess over the 28 characters scores 28) or is not finite; the table's
 perplexities are over the members that did not.
 
-Measured here (2-core CPU shared with other jobs, load average 7-10), the command
-above: RESULTS_WALL
+Measured here (2-core CPU shared with other jobs, load average 4), the command above:
+85 s in all (a run under load average 7-10 took 181 s and gave the same figures):
 
     | theta | train ppl | val ppl | steps clipped | diverged (first epoch) |
     |-------|-----------|---------|---------------|------------------------|
