@@ -31,7 +31,7 @@ Measured here (2-core CPU shared with other jobs, load average 4), the command a
     | none  | -         | -       | 0%            | 3/3 (2)                |
 
 At this rate only the tightest threshold trains: every member at theta 1, 10 or none
-blows up in epoch 2 (final perplexities 1e6 to 1e218, never infinite, so ``loop.fit``
+blows up by epoch 3 (final perplexities 1e6 to 1e218, never infinite, so ``loop.fit``
 would not have stopped them). Clipping bounds each update's length by lr x theta: 0.4
 at theta 0.1, which is about what a healthy step at lr 1-2 takes (the pilot's gradient
 norms were 0.1-0.3), while at theta 1 a single step may move the weights by 4, enough
