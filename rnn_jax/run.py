@@ -614,10 +614,78 @@ def train_from_request(request: TrainRequest) -> int:
     return 0
 
 
-def _train_sweep(request: TrainRequest) -> int:
-    from rnn_jax import sweep
+def default_sweep_mode() -> str:
+    """``loop`` on CPU, where a loop of jitted solo steps measured faster than one vmapped
+    step in 7 of 8 settings (``benchmarks/results/sweep``); ``vmap`` on accelerators."""
+    import jax
 
-    return sweep.train_from_request(request)
+    return "loop" if jax.default_backend() == "cpu" else "vmap"
+
+
+def _train_sweep(request: TrainRequest) -> int:
+    """``rnn-jax train --seeds S,S,...``: one member per seed, trained together
+    (``rnn_jax.sweep``), each in its own subfolder, the parent folder holding
+    ``sweep.json`` and the mean and min-max band of the members' curves."""
+    import statistics
+
+    from rnn_jax import loop, sweep
+
+    if request.resume is not None:
+        raise ValueError(
+            "--seeds starts a new sweep; continue one member with --resume RUN/member-..."
+        )
+    model_fields, train_fields, run_fields, _ = resolve_configs(request)
+    train_config = TrainConfig(**train_fields)
+    run_config = RunConfig(**run_fields)
+    dataset = loop.load_dataset(train_config, cache_dir=_cache(run_config))
+    model_fields.pop("vocab_size", None)
+    model_config = ModelConfig(vocab_size=dataset.vocab_size, **model_fields)
+    loop.check_run(model_config, train_config, dataset, run_config)
+    members = sweep.grid(model_config, train_config, seeds=request.seeds)
+    sweep.validate_members(members)
+    mode = request.sweep_mode or default_sweep_mode()
+    cell = model_config.cell
+    run_dir = request.out or Path("runs") / f"{cell}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create run folder {run_dir}: {err.strerror or err}") from None
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+        if any(run_dir.iterdir()) and set(p.name for p in run_dir.iterdir()) != {LOCK}:
+            raise ValueError(f"--out {run_dir} is not empty; choose a new --out for a sweep")
+        lock.claim()
+        request.echo(loop.describe_data(train_config, dataset))
+        request.echo(
+            f"{len(members)} members (seeds {', '.join(map(str, request.seeds or ()))}), {mode}"
+        )
+        results = sweep.fit_sweep(members, dataset, out_dir=run_dir, mode=mode, echo=request.echo)
+    except BaseException:
+        if created and not any(checkpoint_steps(run_dir)):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+    finals = [r.history[-1] for r in results if r.history and not r.diverged]
+    for key, name in (("train_ppl", "perplexity"), ("val_ppl", "validation perplexity")):
+        values = [f[key] for f in finals if f.get(key) is not None]
+        if len(values) >= 2:
+            request.echo(
+                f"{name}: mean {statistics.mean(values):.3f}, std {statistics.stdev(values):.3f}, "
+                f"min {min(values):.3f}, max {max(values):.3f} over {len(values)} members"
+            )
+    diverged = sum(r.diverged for r in results)
+    request.echo(f"done: {len(results)} members ({diverged} diverged); run folder {run_dir}")
+    return 0
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The finished checkpoints of every member folder below ``run_dir``."""
+    from rnn_jax import checkpoint
+
+    return [s for sub in run_dir.glob("member-*") for s in checkpoint.finished_steps(sub)]
 
 
 # --------------------------------------------------------------------------- readers
