@@ -63,9 +63,7 @@ def main() -> None:
         f"bpc, validation {bits_per_token(last['val_ppl']):.3f} bpc (perplexity "
         f"{last['val_ppl']:.2f}), {wall:.0f} s wall"
     )
-    greedy = sample.predict(
-        PREFIXES, 120, model_config, params, dataset.vocab, preprocess="raw"
-    )
+    greedy = sample.predict(PREFIXES, 120, model_config, params, dataset.vocab, preprocess="raw")
     sampled = sample.predict(
         PREFIXES,
         120,

@@ -410,7 +410,7 @@ def _sweep_batches(
     by_seed = {}
     for m in members:
         if m.config.seed not in by_seed:
-            by_seed[m.config.seed] = loop.epoch_batches(dataset, m.config, epoch)
+            by_seed[m.config.seed] = loop.epoch_batches(dataset, m.config, epoch).materialise()
     Xs = np.stack([by_seed[m.config.seed][0] for m in members], axis=1)
     Ys = np.stack([by_seed[m.config.seed][1] for m in members], axis=1)
     return Xs, Ys

@@ -333,7 +333,7 @@ def test_format_1_restores_unverified(tmp_path: Path) -> None:
     for x, y in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params), strict=True):
         np.testing.assert_array_equal(x, y)
     # Its optimizer state predates inject_hyperparams: sampled and evaluated, not resumed.
-    with pytest.raises(checkpoint.CheckpointError, match="format 1.*not resumed"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"format 1.*not resumed"):
         checkpoint.restore(tmp_path, for_training=True)
     assert checkpoint.intact_steps(tmp_path) == [50]
     (info,) = checkpoint.list_checkpoints(tmp_path, verify=True)

@@ -92,6 +92,8 @@ def test_two_processes_train_as_one(four: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "two"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"}
     env["XDG_CACHE_HOME"] = str(CACHE)
+    train = [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), "--epochs", "3"]
+    train += [*SMALL, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
     procs = [
         subprocess.Popen(
             [
