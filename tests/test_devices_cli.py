@@ -112,7 +112,7 @@ def test_two_processes_train_as_one(four: Path, tmp_path: Path) -> None:
                 "2",
                 "--process-id",
                 str(i),
-            ],  # fmt: skip
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -148,7 +148,7 @@ def test_bfloat16_trains_and_checkpoints_float32(tmp_path: Path) -> None:
         (["--devices", "3"], "does not divide by the 3 devices"),
         (["--devices", "0"], "devices"),
         (["--devices", "16"], "only 4 cpu device(s) exist"),
-        (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], "process_id"),
+        (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], "process"),
         (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "1"], "HOST:PORT"),
         (["--coordinator", "127.0.0.1:9", "--num-processes", "2"], "together"),
     ],
