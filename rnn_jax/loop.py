@@ -341,7 +341,7 @@ def fit(
             num_batches += 1
             bar.update()
             done = s + 1
-            stop = should_stop()
+            stop = parallel.any_process(should_stop())
             epoch_end = done % K == 0
             at_record = (
                 epoch_end

@@ -279,3 +279,16 @@ def mesh_for(devices: int | None) -> Mesh | None:
     was), else ``make_mesh`` over ``devices`` (``None``: all)."""
     N = jax.device_count() if devices is None else devices
     return None if N == 1 else make_mesh(N)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is set on any process (itself, with one process). The loop asks
+    this after every step, so that a signal delivered to one process stops all of them
+    at the same step, where they save together; a process that stopped alone would leave
+    the others waiting in the next collective."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+    return bool(np.asarray(flags).any())

@@ -161,3 +161,17 @@ def test_book_experiment_leaves_a_run_folder_to_sample(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     sampled = rnn_jax("sample", "--checkpoint", str(out), "--num-chars", "10")
     assert sampled.returncode == 0 and sampled.stdout.startswith("time traveller")
+
+
+def test_epoch_lines_are_written_above_the_progress_bar() -> None:
+    """The loop and the run print through ``tqdm.write``, which clears the bar, prints,
+    and redraws it below (``print`` wrote the line onto the bar)."""
+    import inspect
+
+    from tqdm.auto import tqdm
+
+    from rnn_jax import loop, run
+
+    assert inspect.signature(loop.fit).parameters["echo"].default is tqdm.write
+    assert run.TrainRequest().echo is tqdm.write
+    assert inspect.signature(run.train).parameters["echo"].default is tqdm.write
