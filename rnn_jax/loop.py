@@ -393,10 +393,11 @@ def fit(
                 )
             history.append(record)
             bar.set_postfix(ppl=f"{record['train_ppl']:.2f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            if samples is not None:
+            step_eval = bool(config.eval_every_steps) and done % config.eval_every_steps == 0
+            if samples is not None or step_eval:
                 echo(format_record(record))
-                for text in samples:
-                    echo(f"  {text!r}")
+            for text in samples or ():
+                echo(f"  {text!r}")
             if out_dir is not None:
                 report.append_jsonl(out_dir / METRICS, record)
                 if samples is not None:
