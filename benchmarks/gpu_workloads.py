@@ -138,6 +138,11 @@ def rate(record: dict[str, Any]) -> float | None:
     return None
 
 
+def _failed(record: dict[str, Any]) -> str:
+    error = str(record.get("error", "?"))
+    return error if error.startswith("skipped") else f"failed: {error}"
+
+
 def table(records: list[dict[str, Any]], gpu: str) -> str:
     """Markdown: one row per rnn_jax measurement and torch peer of the same workload, cell,
     size and batch (torch is float32 throughout; a bf16 row's ratio is against it)."""
@@ -153,7 +158,7 @@ def table(records: list[dict[str, Any]], gpu: str) -> str:
     for r in jax_rows:
         name = f"{r['workload']} {r['cell']} H{r['num_hiddens']}"
         ours = rate(r)
-        ours_text = f"{ours:,.0f}" if ours else f"failed: {r.get('error', '?')}"
+        ours_text = f"{ours:,.0f}" if ours else _failed(r)
         compile_text = f"{r['compile_s']:.2f}" if "compile_s" in r else ""
         same = [
             p
@@ -164,7 +169,7 @@ def table(records: list[dict[str, Any]], gpu: str) -> str:
             theirs = rate(p)
             peer = p.get("impl", "none run")
             if p and not theirs:
-                peer += f" (failed: {p.get('error', '?')})"
+                peer += f" ({_failed(p)})"
             ratio = f"{ours / theirs:.2f}x" if ours and theirs else ""
             theirs_text = f"{theirs:,.0f}" if theirs else ""
             lines.append(
@@ -173,7 +178,7 @@ def table(records: list[dict[str, Any]], gpu: str) -> str:
             )
     lines += [
         "",
-        "Tokens/s are warm (compile excluded); gen counts generated characters (B x 500). "
+        "Tokens/s are warm (compile excluded); gen counts generated characters (B x chars). "
         "Ratio = rnn_jax / torch, one process each, measured back to back. The torch peers "
         "run float32 (cuDNN for nn.*); a bfloat16 row compares rnn_jax's bfloat16 compute "
         "with them.",

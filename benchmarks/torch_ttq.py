@@ -9,10 +9,10 @@ Runs in the peers' virtualenv (PyTorch is never a dependency of rnn_jax); adapte
     taskset -c 0 .venv-peers/bin/python benchmarks/torch_ttq.py --data DATA.npz \\
         --cell lstm --optimizer adam --lr 2e-3 --seconds 60 --eval-every 5
 
-``--device cuda`` runs it on a GPU (``benchmarks/gpu.sh`` uses it for its ``nn.LSTM``
-throughput rows, with ``--warmup 1``: one forward and backward, no update, before the
-clock starts, so cuDNN's first call is not timed). The defaults are what
-``time_to_quality.py`` measured with.
+``--device cuda`` runs it on a GPU: ``benchmarks/gpu.sh`` uses it for its ``nn.RNN`` and
+``nn.LSTM`` training rows (``--cell rnn`` is there for it), with ``--warmup 1``: one
+forward and backward, no update, before the clock starts, so cuDNN's first call is not
+timed. The defaults are what ``time_to_quality.py`` measured with.
 
 Shape legend: K minibatches, B batch, T num_steps, V vocab_size, H num_hiddens.
 ``DATA.npz`` holds ``train_X, train_Y`` ``(K, B, T)`` (the sequential partition, one
@@ -31,12 +31,12 @@ from torch import nn
 
 
 class ConciseRNN(nn.Module):
-    """One-hot tokens -> ``nn.LSTM``/``nn.GRU`` -> ``nn.Linear`` head, PyTorch's default init
-    (every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)))."""
+    """One-hot tokens -> ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (tanh) -> ``nn.Linear`` head,
+    PyTorch's default init (every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)))."""
 
     def __init__(self, cell: str, vocab_size: int, num_hiddens: int) -> None:
         super().__init__()
-        self.rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell](vocab_size, num_hiddens)
+        self.rnn = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell](vocab_size, num_hiddens)
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
         self.linear = nn.Linear(num_hiddens, vocab_size)
 
@@ -67,7 +67,7 @@ def validation_bpc(net: ConciseRNN, Xs: torch.Tensor, Ys: torch.Tensor) -> float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--cell", choices=["gru", "lstm"], default="lstm")
+    ap.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="lstm")
     ap.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     ap.add_argument("--lr", type=float, default=1.0)
     ap.add_argument("--theta", type=float, default=1.0)
