@@ -1,7 +1,8 @@
 """The GPU check's scripts still run: ``benchmarks/gpu.sh`` parses (and passes shellcheck
 where it is installed), ``benchmarks/gpu_workloads.py`` measures one tiny workload on the
 CPU and prints its JSON line, and its ``--record``/``--table`` helpers turn measurements,
-failed ones included, into the results table. No timing is asserted. About 10 s."""
+failed ones included, into the results table. No timing is asserted. 27 s here
+with the machine busy, most of it importing JAX and compiling."""
 
 from __future__ import annotations
 
