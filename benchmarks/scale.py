@@ -84,6 +84,7 @@ def train(corpus: Path, cache: Path, out: Path, max_steps: int, cpu: str) -> dic
         "start_s": start_s,
         "wall_s": wall,
         "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+        "cpu_per_wall": (usage.ru_utime + usage.ru_stime) / wall,  # < 1: descheduled
         "tokens_per_s": statistics.median(rates),
         "tokens": tokens,
         "vocab": vocab,
@@ -99,21 +100,31 @@ def table(results: dict[float, dict[str, list[dict]]], sizes: list[float]) -> st
 
     rows = [
         "| size MB | tokens | vocab | cold start s | cached start s | peak RSS MB cold "
-        "| peak RSS MB cached | tokens/s median (range) | ratio to 1 MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| peak RSS MB cached | tokens/s median (range) | ratio to {sizes[0]:g} MB "
+        "| per-round ratio median (range) | CPU/wall |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = rate(sizes[0])
+
+    def round_rate(size: float, i: int) -> float:
+        return statistics.mean(results[size][kind][i]["tokens_per_s"] for kind in results[size])
+
     for size in sizes:
         first = results[size]["cold"][0]
         every = [r["tokens_per_s"] for kind in results[size].values() for r in kind]
         peak = max(r["peak_rss_mb"] for r in results[size]["cold"])
         peak_cached = max(r["peak_rss_mb"] for r in results[size]["cached"])
+        rounds = range(len(results[size]["cold"]))
+        ratios = [round_rate(size, i) / round_rate(sizes[0], i) for i in rounds]
+        busy = statistics.median(r["cpu_per_wall"] for kind in results[size].values() for r in kind)
         rows.append(
             f"| {size:g} | {first['tokens']:,} | {first['vocab']} "
             f"| {med(size, 'cold', 'start_s'):.2f} | {med(size, 'cached', 'start_s'):.2f} "
             f"| {peak:.0f} | {peak_cached:.0f} "
             f"| {rate(size):,.0f} ({min(every):,.0f}-{max(every):,.0f}) "
-            f"| {rate(size) / base:.3f} |"
+            f"| {rate(size) / base:.3f} "
+            f"| {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) "
+            f"| {busy:.2f} |"
         )
     rows += [
         "",
@@ -121,7 +132,9 @@ def table(results: dict[float, dict[str, list[dict]]], sizes: list[float]) -> st
         f"{len(results[sizes[0]]['cold'])} "
         "rounds. Peak RSS: the largest over the rounds. Tokens/s: warm records of "
         "metrics.jsonl (first dropped), median over all runs of the size; ratio to the "
-        f"{sizes[0]:g} MB row.",
+        f"{sizes[0]:g} MB row. Per-round ratio: the mean of a round's cold and cached runs "
+        f"over the {sizes[0]:g} MB runs of the same round. CPU/wall: the runs' CPU seconds "
+        "per wall second, median (each is pinned to one core: under 1 means it waited for it).",
     ]
     return "\n".join(rows)
 
@@ -165,6 +178,10 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n", "utf-8")
+        records = [{"size_mb": size, "kind": kind, "round": i, **r}
+                   for size, kinds in results.items() for kind, runs in kinds.items()
+                   for i, r in enumerate(runs)]  # fmt: skip
+        args.out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 if __name__ == "__main__":
