@@ -74,6 +74,7 @@ CORPUS=rnn_jax/assets/timemachine.txt # the peers read the same 10,000 tokens as
 WORKLOADS=(benchmarks/gpu_workloads.py)
 mkdir -p "$OUT"
 : >"$OUT/results.jsonl"
+rm -f "$OUT/pytest.txt" "$OUT/book_rnn.txt" # no stale lines in this run's summary
 
 section() { printf '\n=== %s (%ds elapsed)\n' "$1" "$SECONDS"; }
 
@@ -91,7 +92,8 @@ fi
 echo "GPU (name, driver): $GPU"
 "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tail -n 3
 "$PEERS_PY" -c 'import torch; print("torch", torch.__version__, "cuda:", torch.cuda.is_available())' 2>&1 | tail -n 1
-"$PY" -c 'import rnn_jax.run' 2>&1 | tail -n 1 # names a missing dependency (tqdm, matplotlib)
+# the last line names a missing dependency (the library needs tqdm and matplotlib)
+"$PY" -c 'import rnn_jax.run; print("rnn_jax imports: ok")' 2>&1 | tail -n 1
 {
   echo "GPU: $GPU"
   echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -175,5 +177,10 @@ rm -f "$OUT"/peer_data_B*.npz
 # ---------------------------------------------------------------- 5. the table
 section "results ($OUT/results.md)"
 "$PY" "${WORKLOADS[@]}" --table "$OUT/results.jsonl" --gpu "$GPU" --out "$OUT/results.md"
-echo
-echo "total: ${SECONDS}s; raw records in $OUT/results.jsonl"
+{
+  echo
+  echo "pytest: $(tail -n 1 "$OUT/pytest.txt" 2>/dev/null || echo 'not run')"
+  echo "book run: $(grep -m 1 '^perplexity' "$OUT/book_rnn.txt" || echo 'no final line')"
+  echo "total: ${SECONDS}s"
+} | tee -a "$OUT/results.md"
+echo "raw records in $OUT/results.jsonl"
