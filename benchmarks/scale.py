@@ -41,6 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+QUIET = 0.9  # CPU/wall of a run that had its core to itself (imports, compile and all)
 
 
 def make(path: Path, megabytes: float) -> None:
@@ -101,10 +102,14 @@ def table(results: dict[float, dict[str, list[dict]]], sizes: list[float]) -> st
     rows = [
         "| size MB | tokens | vocab | cold start s | cached start s | peak RSS MB cold "
         f"| peak RSS MB cached | tokens/s median (range) | ratio to {sizes[0]:g} MB "
-        "| per-round ratio median (range) | CPU/wall |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| per-round ratio median (range) | CPU/wall | quiet runs: n, tokens/s, ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = rate(sizes[0])
+    base_runs = [r for kind in results[sizes[0]].values() for r in kind]
+    quiet_base = statistics.median(
+        [r["tokens_per_s"] for r in base_runs if r["cpu_per_wall"] >= QUIET] or [0]
+    )
 
     def round_rate(size: float, i: int) -> float:
         return statistics.mean(results[size][kind][i]["tokens_per_s"] for kind in results[size])
@@ -116,7 +121,12 @@ def table(results: dict[float, dict[str, list[dict]]], sizes: list[float]) -> st
         peak_cached = max(r["peak_rss_mb"] for r in results[size]["cached"])
         rounds = range(len(results[size]["cold"]))
         ratios = [round_rate(size, i) / round_rate(sizes[0], i) for i in rounds]
-        busy = statistics.median(r["cpu_per_wall"] for kind in results[size].values() for r in kind)
+        runs = [r for kind in results[size].values() for r in kind]
+        busy = statistics.median(r["cpu_per_wall"] for r in runs)
+        quiet = [r["tokens_per_s"] for r in runs if r["cpu_per_wall"] >= QUIET]
+        quiet_text = f"{len(quiet)}, {statistics.median(quiet):,.0f}" if quiet else "0"
+        if quiet and quiet_base:
+            quiet_text += f", {statistics.median(quiet) / quiet_base:.3f}"
         rows.append(
             f"| {size:g} | {first['tokens']:,} | {first['vocab']} "
             f"| {med(size, 'cold', 'start_s'):.2f} | {med(size, 'cached', 'start_s'):.2f} "
@@ -124,7 +134,7 @@ def table(results: dict[float, dict[str, list[dict]]], sizes: list[float]) -> st
             f"| {rate(size):,.0f} ({min(every):,.0f}-{max(every):,.0f}) "
             f"| {rate(size) / base:.3f} "
             f"| {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) "
-            f"| {busy:.2f} |"
+            f"| {busy:.2f} | {quiet_text} |"
         )
     rows += [
         "",
@@ -134,7 +144,9 @@ def table(results: dict[float, dict[str, list[dict]]], sizes: list[float]) -> st
         "metrics.jsonl (first dropped), median over all runs of the size; ratio to the "
         f"{sizes[0]:g} MB row. Per-round ratio: the mean of a round's cold and cached runs "
         f"over the {sizes[0]:g} MB runs of the same round. CPU/wall: the runs' CPU seconds "
-        "per wall second, median (each is pinned to one core: under 1 means it waited for it).",
+        "per wall second, median (each is pinned to one core: under 1 means it waited for it). "
+        f"Quiet runs: those with CPU/wall >= {QUIET} (the machine's other jobs left the core "
+        "alone), their median tokens/s and its ratio to the quiet runs of the first size.",
     ]
     return "\n".join(rows)
 
@@ -146,7 +158,16 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=400)
     parser.add_argument("--cpu", default="0", help="taskset -c list for the runs")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument("--from-records", type=Path, help="re-render a run's .jsonl, no runs")
     args = parser.parse_args()
+
+    if args.from_records:
+        results: dict[float, dict[str, list[dict]]] = {}
+        for line in args.from_records.read_text().splitlines():
+            r = json.loads(line)
+            results.setdefault(r["size_mb"], {"cold": [], "cached": []})[r["kind"]].append(r)
+        print(table(results, list(results)))
+        return
 
     work = Path(tempfile.mkdtemp(prefix="rnn_jax_scale_"))
     results: dict[float, dict[str, list[dict]]] = {
