@@ -35,6 +35,10 @@
 #      is stopped after 60 s); those left are recorded as skipped.
 #   5. $OUT/results.md: the table (workload, dtype, batch, rnn_jax tokens/s, torch
 #      tokens/s, ratio, GPU), printed; raw records in $OUT/results.jsonl.
+#
+# Not yet run on a GPU (written where none was lent): the times above are limits, not
+# measurements. Through the device tool, whose $OUT is the folder that comes back:
+#     bash benchmarks/gpu.sh        (timeout_s 540; shared/ does not travel: torch_ttq rows)
 set -uo pipefail
 
 for arg in "$@"; do
