@@ -17,7 +17,7 @@
 #   GPU_SMOKE 1: a CPU dry run (JAX_PLATFORMS=cpu, torch on cpu, H 16/8, batch 4 only,
 #             1 s each, no pytest, the book run cut to 2 epochs, no pip install, no
 #             TOTAL_LIMIT before 600 s): 5.7 minutes here (2 cores, load average 6),
-#             18 table rows; its ratios mean nothing (tiny models, torch's threads on one
+#             20 table rows; its ratios mean nothing (tiny models, torch's threads on one
 #             core): it checks the plumbing
 #
 # What it does, each step bounded so the whole stays under 8 minutes on one GPU:
@@ -31,7 +31,7 @@
 #      torch_peers.py / torch_ttq.py for torch): train, eval, greedy gen; rnn H 512 and
 #      lstm H 256; V 28, T 35; batch 32 then 256; rnn_jax in float32 and bfloat16, torch
 #      in float32; each torch peer right after the rnn_jax float32 measurement it is
-#      compared with. No measurement starts after TOTAL_LIMIT=420 s from the start (each
+#      compared with. No measurement starts after TOTAL_LIMIT=400 s from the start (each
 #      is stopped after 60 s); those left are recorded as skipped.
 #   5. $OUT/results.md: the table (workload, dtype, batch, rnn_jax tokens/s, torch
 #      tokens/s, ratio, GPU), printed; raw records in $OUT/results.jsonl.
@@ -73,7 +73,7 @@ else
   SECS=${SECS:-1}
   RNN_H=512 LSTM_H=256 BATCHES="32 256" NUM_CHARS=500 EPOCHS=500
 fi
-TOTAL_LIMIT=${TOTAL_LIMIT:-420}
+TOTAL_LIMIT=${TOTAL_LIMIT:-400} # + one 60 s measurement + the table: under 8 min
 CORPUS=rnn_jax/assets/timemachine.txt # the peers read the same 10,000 tokens as rnn_jax
 WORKLOADS=(benchmarks/gpu_workloads.py)
 mkdir -p "$OUT"
