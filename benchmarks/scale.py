@@ -24,12 +24,12 @@ The sizes are interleaved, their order rotated every round. Measured per run:
 
 Issue 9 asks: peak RSS of a 100 MB char-level run (H 256) under 1.5 GB, and tokens/s on
 100 MB within 10% of 1 MB. The command above takes 6.5 minutes here (2 cores shared with
-other jobs, load average about 5). Result (``benchmarks/results/scale.md``): peak RSS at
-100 MB 888 MB cold (the text, its tokens and JAX), 505 MB from the cache; start (imports
-+ ingest) 4.0 s cold and 1.7 s cached at 100 MB against 1.9 s at 1 MB; tokens/s at
-100 MB 1.04x the 1 MB rate over the quiet runs (130,662 vs 125,812), the per-round
-ratios 0.84-1.35 (median 1.11) under the load: no slowdown with the corpus size, within
-what a loaded machine can resolve.
+other jobs, load average about 5); ``--sizes 1 100 --rounds 4`` 3.6 minutes. Results
+(``benchmarks/results/scale.md``, ``scale_1_100.md``): peak RSS at 100 MB 889 MB cold
+(the text, its tokens and JAX), 517 MB from the cache (445 MB at 1 MB); start (imports +
+ingest) 2.9 s cold and 1.3 s cached at 100 MB against 1.2 s at 1 MB, on a quiet core.
+Tokens/s at 100 MB: 1.028x the 1 MB rate over the quiet runs (134,275 vs 130,656), the
+per-round ratios 1.018 median (0.748-1.037, the low one a round the machine was busy).
 """
 
 from __future__ import annotations
