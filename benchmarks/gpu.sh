@@ -16,7 +16,7 @@
 #   SECS      timed seconds per throughput measurement (default 1)
 #   GPU_SMOKE 1: a CPU dry run (JAX_PLATFORMS=cpu, torch on cpu, H 16/8, batch 4 only,
 #             1 s each, no pytest, the book run cut to 2 epochs, no pip install, no
-#             TOTAL_LIMIT before 600 s): 5.7 minutes here (2 cores, load average 6),
+#             TOTAL_LIMIT before 600 s): 1.9 minutes here on a quiet core, 5.7 at load 6,
 #             20 table rows; its ratios mean nothing (tiny models, torch's threads on one
 #             core): it checks the plumbing
 #
