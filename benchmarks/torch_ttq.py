@@ -9,6 +9,11 @@ Runs in the peers' virtualenv (PyTorch is never a dependency of rnn_jax); adapte
     taskset -c 0 .venv-peers/bin/python benchmarks/torch_ttq.py --data DATA.npz \\
         --cell lstm --optimizer adam --lr 2e-3 --seconds 60 --eval-every 5
 
+``--device cuda`` runs it on a GPU: ``benchmarks/gpu.sh`` uses it for its ``nn.RNN`` and
+``nn.LSTM`` training rows (``--cell rnn`` is there for it), with ``--warmup 1``: one
+forward and backward, no update, before the clock starts, so cuDNN's first call is not
+timed. The defaults are what ``time_to_quality.py`` measured with.
+
 Shape legend: K minibatches, B batch, T num_steps, V vocab_size, H num_hiddens.
 ``DATA.npz`` holds ``train_X, train_Y`` ``(K, B, T)`` (the sequential partition, one
 epoch), ``val_X, val_Y`` ``(K', B, T)`` and ``vocab_size``.
@@ -26,12 +31,12 @@ from torch import nn
 
 
 class ConciseRNN(nn.Module):
-    """One-hot tokens -> ``nn.LSTM``/``nn.GRU`` -> ``nn.Linear`` head, PyTorch's default init
-    (every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)))."""
+    """One-hot tokens -> ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (tanh) -> ``nn.Linear`` head,
+    PyTorch's default init (every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)))."""
 
     def __init__(self, cell: str, vocab_size: int, num_hiddens: int) -> None:
         super().__init__()
-        self.rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell](vocab_size, num_hiddens)
+        self.rnn = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell](vocab_size, num_hiddens)
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
         self.linear = nn.Linear(num_hiddens, vocab_size)
 
@@ -41,7 +46,7 @@ class ConciseRNN(nn.Module):
         return self.linear(Y.reshape((-1, Y.shape[-1]))), state
 
     def begin_state(self, batch_size: int):
-        z = torch.zeros((1, batch_size, self.num_hiddens))
+        z = torch.zeros((1, batch_size, self.num_hiddens), device=self.linear.weight.device)
         return (z, z.clone()) if isinstance(self.rnn, nn.LSTM) else z
 
 
@@ -62,7 +67,7 @@ def validation_bpc(net: ConciseRNN, Xs: torch.Tensor, Ys: torch.Tensor) -> float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--cell", choices=["gru", "lstm"], default="lstm")
+    ap.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="lstm")
     ap.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     ap.add_argument("--lr", type=float, default=1.0)
     ap.add_argument("--theta", type=float, default=1.0)
@@ -70,15 +75,20 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=120.0, help="training wall budget")
     ap.add_argument("--eval-every", type=float, default=5.0, help="seconds of training")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed forward+backward calls")
     args = ap.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
 
     data = np.load(args.data)
-    train_X, train_Y = (torch.from_numpy(data[k].astype(np.int64)) for k in ("train_X", "train_Y"))
-    val_X, val_Y = (torch.from_numpy(data[k].astype(np.int64)) for k in ("val_X", "val_Y"))
+    train_X, train_Y, val_X, val_Y = (
+        torch.from_numpy(data[k].astype(np.int64)).to(device)
+        for k in ("train_X", "train_Y", "val_X", "val_Y")
+    )
     K, B, T = train_X.shape
-    net = ConciseRNN(args.cell, int(data["vocab_size"]), args.num_hiddens)
+    net = ConciseRNN(args.cell, int(data["vocab_size"]), args.num_hiddens).to(device)
     params = list(net.parameters())
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=args.lr)
@@ -90,6 +100,10 @@ def main() -> None:
             json.dumps({"impl": "torch", "cell": args.cell, "optimizer": args.optimizer, **fields})
         )
 
+    for _ in range(args.warmup):  # no update: the timed run starts from the same weights
+        logits, _ = net(train_X[0], net.begin_state(B))
+        F.cross_entropy(logits, train_Y[0].T.reshape(-1)).backward()
+        optimizer.zero_grad(set_to_none=True)
     steps, elapsed, next_eval, state = 0, 0.0, args.eval_every, None
     emit(elapsed=0.0, steps=0, val_bpc=validation_bpc(net, val_X, val_Y))
     while elapsed < args.seconds:
@@ -116,6 +130,7 @@ def main() -> None:
         compile_s=0.0,
         torch=torch.__version__,
         threads=torch.get_num_threads(),
+        device=str(device),
     )
 
 
