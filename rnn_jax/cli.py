@@ -414,6 +414,7 @@ def _quiet_logs() -> None:
 
     absl.logging.set_verbosity(absl.logging.ERROR)
     absl.logging.get_absl_logger().addFilter(_drop_orbax_background_errors)
+    logging.getLogger("asyncio").addFilter(_drop_orbax_orphaned_tasks)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -421,6 +422,12 @@ def _drop_orbax_background_errors(record: logging.LogRecord) -> bool:
     """Orbax logs a failed background write with its traceback, then re-raises the same
     exception from ``wait_until_finished``, where the run reports it in one line."""
     return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _drop_orbax_orphaned_tasks(record: logging.LogRecord) -> bool:
+    """After a failed save, asyncio reports at garbage collection the other writes of
+    that save that failed too ("Task exception was never retrieved"): already reported."""
+    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.getMessage())
 
 
 if __name__ == "__main__":

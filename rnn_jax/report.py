@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import matplotlib
 
@@ -136,7 +136,7 @@ class EventWriter:
     so a resumed curve has no duplicated steps.
     """
 
-    SCALARS = {
+    SCALARS: ClassVar[dict[str, str]] = {
         "train_ppl": "train/perplexity",
         "train_bpc": "train/bits_per_char",
         "val_ppl": "val/perplexity",

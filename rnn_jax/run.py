@@ -27,6 +27,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -290,6 +291,11 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         else:
             if main_process:
                 lock.acquire()
+            if not checkpoint.has_checkpoints(run_dir):
+                raise ValueError(
+                    f"{run_dir} holds no finished checkpoint to resume (its run stopped "
+                    f"before the first save); start it again with --out {run_dir}"
+                )
             restored = checkpoint.restore(run_dir, step=request.resume_step, for_training=True)
             model_config, train_config = _resumed_configs(
                 restored, model_fields, train_fields, explicit
@@ -397,14 +403,15 @@ def _train(
             save(result.state, None, result.sums)
     except loop.NonFiniteLossError as err:
         signals.training = False
-        _close_or_fail(manager)
+        _close_or_fail(manager, run_dir)
         raise RunError(f"{err}{_last_good(manager)}") from None
     except checkpoint.CheckpointWriteError as err:
         signals.training = False
-        raise RunError(str(err)) from None
+        _drop_unfinished_saves(run_dir)
+        raise RunError(_without_spec(err)) from None
     except OSError as err:  # metrics, plot, samples or events could not be written
         signals.training = False
-        _close_or_fail(manager)
+        _close_or_fail(manager, run_dir)
         raise RunError(
             f"writing to {run_dir} failed ({err.strerror or err}){_last_good(manager)}"
         ) from None
@@ -413,7 +420,7 @@ def _train(
         with contextlib.suppress(Exception):
             checkpoint.close(manager)
         raise
-    _close_or_fail(manager)
+    _close_or_fail(manager, run_dir)
     return Outcome(run_dir, model_config, train_config, dataset, result, signals.received)
 
 
@@ -422,13 +429,28 @@ def _cache(run_config: RunConfig) -> str | bool | None:
     return (run_config.cache_dir or True) if run_config.cache else None
 
 
-def _close_or_fail(manager: Any) -> None:
+def _close_or_fail(manager: Any, run_dir: Path) -> None:
     from rnn_jax import checkpoint
 
     try:
         checkpoint.close(manager)
     except checkpoint.CheckpointWriteError as err:
-        raise RunError(str(err)) from None
+        _drop_unfinished_saves(run_dir)
+        raise RunError(_without_spec(err)) from None
+
+
+def _without_spec(err: Exception) -> str:
+    """The error on one line, without the kilobytes of driver spec TensorStore appends."""
+    return " ".join(re.sub(r" ?\[tensorstore_spec='.*?'\]", "", str(err)).split())
+
+
+def _drop_unfinished_saves(run_dir: Path) -> None:
+    """Remove the temporary folders of saves that failed (Orbax would remove them when
+    the folder is next opened for writing; a failed run leaves none behind)."""
+    from rnn_jax import checkpoint
+
+    for partial in checkpoint.checkpoint_dir(run_dir).glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _last_good(manager: Any) -> str:
@@ -652,17 +674,20 @@ def describe(run_dir: Path) -> str:
     if config:
         model, train = config.get("model", {}), config.get("train", {})
         lines.append(
-            f"  model: {model.get('cell')} x{model.get('num_layers')}, H {model.get('num_hiddens')}, "
-            f"V {model.get('vocab_size')}, init {model.get('init')}, {model.get('compute_dtype')}"
+            f"  model: {model.get('cell')} x{model.get('num_layers')}, "
+            f"H {model.get('num_hiddens')}, V {model.get('vocab_size')}, "
+            f"init {model.get('init')}, {model.get('compute_dtype')}"
         )
         lines.append(
-            f"  data: {train.get('corpus') or 'the shipped Time Machine'}, {train.get('preprocess')} "
-            f"{train.get('token')} tokens, max_tokens {train.get('max_tokens')}, "
+            f"  data: {train.get('corpus') or 'the shipped Time Machine'}, "
+            f"{train.get('preprocess')} {train.get('token')} tokens, "
+            f"max_tokens {train.get('max_tokens')}, "
             f"B {train.get('batch_size')} x T {train.get('num_steps')}, {train.get('partition')}"
         )
         lines.append(
-            f"  optimizer: {train.get('optimizer')} lr {train.get('lr')} ({train.get('schedule')}), "
-            f"theta {train.get('theta')}, epochs {train.get('num_epochs')}, "
+            f"  optimizer: {train.get('optimizer')} lr {train.get('lr')} "
+            f"({train.get('schedule')}), theta {train.get('theta')}, "
+            f"epochs {train.get('num_epochs')}, "
             f"max_steps {train.get('max_steps')}, seed {train.get('seed')}"
         )
     owner = _owner(run_dir)
