@@ -39,7 +39,8 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        where = self.prog.partition(" ")[2]  # the subcommand; main() prints "rnn-jax: "
+        raise UsageError(f"{where}: {message}" if where else message)
 
 
 # ------------------------------------------------------------------------- derived flags
@@ -415,6 +416,7 @@ def _quiet_logs() -> None:
     absl.logging.set_verbosity(absl.logging.ERROR)
     absl.logging.get_absl_logger().addFilter(_drop_orbax_background_errors)
     logging.getLogger("asyncio").addFilter(_drop_orbax_orphaned_tasks)
+    _drop_closed_loop_callbacks()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -428,6 +430,22 @@ def _drop_orbax_orphaned_tasks(record: logging.LogRecord) -> bool:
     """After a failed save, asyncio reports at garbage collection the other writes of
     that save that failed too ("Task exception was never retrieved"): already reported."""
     return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.getMessage())
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """After a failed read (write) Orbax closes its event loop while TensorStore's threads
+    finish the item's other reads (writes); their callbacks raise "Event loop is closed"
+    through ``sys.unraisablehook``, a bare traceback on stderr, possibly before the
+    failure reaches ``checkpoint``'s own filter. The failure itself is reported in one
+    line, so from the start drop exactly those and pass every other one on."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 if __name__ == "__main__":

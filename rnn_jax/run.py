@@ -230,7 +230,7 @@ class Signals:
 def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
     """Run the life cycle of module docstring; see it for what each step guarantees."""
     signals = signals or Signals()
-    from rnn_jax import checkpoint, loop, parallel
+    from rnn_jax import checkpoint, loop, parallel, report
 
     echo = request.echo
     model_fields, train_fields, run_fields, explicit = resolve_configs(request)
@@ -312,6 +312,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
                 )
                 return Outcome(run_dir, model_config, train_config, dataset, None)
             if main_process:
+                report.read_jsonl(run_dir / loop.METRICS)  # refused before anything moves
                 moved, aside = checkpoint.set_aside_after(run_dir, restored.step)
                 loop.truncate_logs(run_dir, restored.step)
                 kept = ""
