@@ -703,11 +703,13 @@ def describe(run_dir: Path) -> str:
     lines.append("|---:|---:|---:|---:|---|---|")
     for info in infos:
         tags = ", ".join(t for t, on in (("latest", info.is_latest), ("best", info.is_best)) if on)
+        epoch = "" if info.epoch is None else info.epoch
         lines.append(
-            f"| {info.step} | {info.epoch} | {_fmt(info.train_ppl)} | {_fmt(info.val_ppl)} | "
+            f"| {info.step} | {epoch} | {_fmt(info.train_ppl)} | {_fmt(info.val_ppl)} | "
             f"{'yes' if info.intact else 'NO'} | {tags} |"
         )
-    return "\n".join(lines)
+    damaged = [f"  {info.problem}" for info in infos if not info.intact and info.problem]
+    return "\n".join(lines + (["", *damaged] if damaged else []))
 
 
 def _fmt(value: float | None) -> str:

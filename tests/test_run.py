@@ -121,7 +121,7 @@ def test_flipped_bit_is_refused_everywhere_and_step_resumes_exactly(
 ) -> None:
     """Fault: one bit flipped in the latest checkpoint's params data file. eval, sample
     and train --resume exit 2 with one line naming step 134, params and step 67; info
-    marks 134 not intact; --resume --step 67 sets 134 aside, says so, and ends bitwise
+    marks 134 not intact and says why; --resume --step 67 sets 134 aside, says so, and ends bitwise
     equal to 3 epochs straight."""
     run_dir = copy_of(trained, tmp_path)
     flip_bit(data_file(run_dir, 2 * K, "params"))
@@ -135,6 +135,7 @@ def test_flipped_bit_is_refused_everywhere_and_step_resumes_exactly(
     code, out, _ = main(capsys, "info", run_dir)
     assert code == 0 and re.search(r"\| 134 \|.*\| NO \| latest", out), out
     assert re.search(r"\| 67 \|.*\| yes \|", out), out
+    assert "step 134 of" in out and "is damaged: params" in out, out
     proc = rnn_jax("train", "--resume", str(run_dir), "--step", "67", "--epochs", "3")
     assert proc.returncode == 0, proc.stderr
     aside = run_dir / "superseded-after-67"
