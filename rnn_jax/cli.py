@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -375,6 +376,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
@@ -400,6 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print("rnn-jax: error: out of memory; use a smaller model or batch", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # eval, sample, info: nothing to save
+        print(f"rnn-jax: SIGINT; {args.command} stopped", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        if argv_given is None:  # this process's command is done (and saved): it only exits
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
 
 
 def _one_line(err: BaseException) -> str:

@@ -385,7 +385,7 @@ def _train(
             save(state, record, None)
 
     try:
-        signals.training = True
+        signals.training = True  # and stays so: a signal from here on is noted, not raised
         result = loop.fit(
             model_config,
             train_config,
@@ -399,25 +399,20 @@ def _train(
             progress=request.progress if main_process else False,
             run_config=run_config,
         )
-        signals.training = False
         if result.interrupted and int(result.state.step) not in manager.all_steps():
             save(result.state, None, result.sums)
     except loop.NonFiniteLossError as err:
-        signals.training = False
         _close_or_fail(manager, run_dir)
         raise RunError(f"{err}{_last_good(manager)}") from None
     except checkpoint.CheckpointWriteError as err:
-        signals.training = False
         _drop_unfinished_saves(run_dir)
         raise RunError(_without_spec(err)) from None
     except OSError as err:  # metrics, plot, samples or events could not be written
-        signals.training = False
         _close_or_fail(manager, run_dir)
         raise RunError(
             f"writing to {run_dir} failed ({err.strerror or err}){_last_good(manager)}"
         ) from None
     except BaseException:
-        signals.training = False
         with contextlib.suppress(Exception):
             checkpoint.close(manager)
         raise
@@ -529,6 +524,10 @@ def train_from_request(request: TrainRequest) -> int:
         if request.seeds is not None:
             return _train_sweep(request)
         outcome = execute(request, signals)
+        return _report(request, outcome)  # under the handlers: a late signal is only noted
+
+
+def _report(request: TrainRequest, outcome: Outcome) -> int:
     result = outcome.result
     if result is None:
         return 0
