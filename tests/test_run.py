@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,13 +190,25 @@ def test_truncated_and_missing_files_are_one_line_errors(
 # ----------------------------------------------------------------- 3. two writers, a reader
 
 
+READER = """
+import sys
+from pathlib import Path
+from rnn_jax import cli
+run, stop = sys.argv[1], Path(sys.argv[2])
+print("ready", flush=True)
+while not stop.exists():
+    print("exit", cli.main(["sample", "--checkpoint", run, "--num-chars", "5"]), flush=True)
+"""  # samples (one reader process, so it reads often) until told to stop
+
+
 def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
-    """Faults: writer B on A's --out while A trains (fails at once: in use; B with
-    --resume too), B again when A has finished (already holds a run); readers sample
-    while A saves with --keep 1 (exit 0 or one clean line, never a traceback). A's
+    """Faults: writer B on A's --out while A trains (A held mid-run with SIGSTOP, so the
+    race is decided: B fails at once, in use, naming A's pid; B with --resume too), B
+    again when A has finished (already holds a run); readers sample while A saves with
+    --keep 1 (exit 0 or one clean line, never a traceback). A finishes, and its
     checkpoints and metrics are what A wrote."""
     run_dir = tmp_path / "run"
-    args = [*TINY, "--epochs", "25", "--num-hiddens", "48", "--keep", "1"]
+    args = [*TINY, "--epochs", "12", "--num-hiddens", "32", "--keep", "1"]
     a = subprocess.Popen(
         [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), *args],
         stdout=subprocess.PIPE,
@@ -205,39 +216,41 @@ def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
         text=True,
         env=ENV,
     )
-    lock = run_dir / ".lock"
     deadline = time.monotonic() + 90
-    while not (lock.exists() and "pid" in lock.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    readers: list[subprocess.CompletedProcess[str]] = []
-
-    def read_while_training() -> None:
-        while a.poll() is None and len(readers) < 4:
-            proc = rnn_jax("sample", "--checkpoint", str(run_dir), "--num-chars", "5")
-            readers.append(proc)
-
-    reader = threading.Thread(target=read_while_training)
-    reader.start()
-    b = rnn_jax("train", "--out", str(run_dir), *args)
-    running = a.poll() is None
-    assert_one_line_error(b, 2, "in use", f"pid {a.pid}")
-    assert running, "A finished before B was refused: make A longer"
-    b = rnn_jax("train", "--resume", str(run_dir), "--epochs", "30")
-    assert_one_line_error(b, 2, "in use")
+    while not checkpoint.has_checkpoints(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    a.send_signal(signal.SIGSTOP)
+    try:
+        b = rnn_jax("train", "--out", str(run_dir), *args)
+        assert_one_line_error(b, 2, "in use", f"pid {a.pid}")
+        b = rnn_jax("train", "--resume", str(run_dir), "--epochs", "30")
+        assert_one_line_error(b, 2, "in use")
+        reader = subprocess.Popen(
+            [sys.executable, "-c", READER, str(run_dir), str(tmp_path / "stop")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        assert reader.stdout is not None and reader.stdout.readline() == "ready\n"
+    finally:
+        a.send_signal(signal.SIGCONT)
     out, err = a.communicate(timeout=240)
-    reader.join()
+    (tmp_path / "stop").touch()
+    reads, errors = reader.communicate(timeout=120)
     assert a.returncode == 0, (out, err)
-    assert readers
-    for proc in readers:
-        assert "Traceback" not in proc.stderr, proc.stderr
-        if proc.returncode != 0:
-            assert_one_line_error(proc, 2)
+    assert reader.returncode == 0 and "Traceback" not in errors, errors
+    codes = [int(line[5:]) for line in reads.splitlines() if line.startswith("exit ")]
+    assert len(codes) >= 3 and set(codes) <= {0, 2}, reads
+    refusals = errors.strip().splitlines()
+    assert len(refusals) == codes.count(2), errors
+    assert all(line.startswith("rnn-jax: error: ") for line in refusals), errors
     mine = [run_dir / "checkpoints", run_dir / "metrics.jsonl"]
     before = [folder_digest(mine[0]), mine[1].read_bytes()]
     b = rnn_jax("train", "--out", str(run_dir), *args)
     assert_one_line_error(b, 2, "already holds a run", f"--resume {run_dir}")
     assert [folder_digest(mine[0]), mine[1].read_bytes()] == before
-    assert checkpoint.restore(run_dir).step == 25 * K
+    assert checkpoint.restore(run_dir).step == 12 * K
 
 
 # ----------------------------------------------------------------- 4. kill -9 before a save
@@ -326,7 +339,7 @@ def test_full_disk_exits_1_naming_the_last_good_step_and_resumes(tmp_path: Path)
     ("signum", "budget"),
     [
         (signal.SIGHUP, ["--epochs", "12", "--eval-every-steps", "25", "--save-every-steps", "50"]),
-        (signal.SIGINT, ["--epochs", "1000", "--max-steps", "700"]),
+        (signal.SIGINT, ["--epochs", "1000", "--max-steps", "1500"]),
     ],
     ids=["sighup-step-records", "sigint-max-steps"],
 )
@@ -334,8 +347,8 @@ def test_signal_mid_run_saves_and_resumes_exactly(
     tmp_path: Path, signum: signal.Signals, budget: list[str]
 ) -> None:
     """Fault: SIGHUP (records every 25 steps, saves every 50: it lands between records)
-    or SIGINT (a --max-steps budget not a whole number of epochs) after the first
-    checkpoint. Saved, exit 128+signal, and the resumed run equals one never stopped:
+    or SIGINT (a --max-steps budget not a whole number of epochs) once the first
+    record is written. Saved, exit 128+signal, and the resumed run equals one never stopped:
     state bitwise, and the metric records."""
     run_dir, straight = tmp_path / "run", tmp_path / "straight"
     args = [*TINY, "--num-hiddens", "48", *budget]
@@ -348,8 +361,9 @@ def test_signal_mid_run_saves_and_resumes_exactly(
         env=ENV,
     )
     deadline = time.monotonic() + 90
-    while not checkpoint.has_checkpoints(run_dir) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    metrics = run_dir / "metrics.jsonl"  # the first record: training has begun
+    while not metrics.exists() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.002)
     child.send_signal(signum)
     out, err = child.communicate(timeout=120)
     assert child.returncode == 128 + signum, (child.returncode, out, err)
