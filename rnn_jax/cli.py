@@ -431,8 +431,11 @@ def _quiet_logs() -> None:
 
 def _drop_orbax_background_errors(record: logging.LogRecord) -> bool:
     """Orbax logs a failed background write with its traceback, then re-raises the same
-    exception from ``wait_until_finished``, where the run reports it in one line."""
-    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+    exception from ``wait_until_finished``, where the run reports it in one line; and it
+    logs an unparsable ``_CHECKPOINT_METADATA``, which the restore reports as damage."""
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+        return True
+    return not (record.exc_info or record.getMessage().startswith("Failed to json parse"))
 
 
 def _drop_orbax_orphaned_tasks(record: logging.LogRecord) -> bool:
@@ -443,15 +446,19 @@ def _drop_orbax_orphaned_tasks(record: logging.LogRecord) -> bool:
 
 def _drop_closed_loop_callbacks() -> None:
     """After a failed read (write) Orbax closes its event loop while TensorStore's threads
-    finish the item's other reads (writes); their callbacks raise "Event loop is closed"
-    through ``sys.unraisablehook``, a bare traceback on stderr, possibly before the
-    failure reaches ``checkpoint``'s own filter. The failure itself is reported in one
-    line, so from the start drop exactly those and pass every other one on."""
+    finish the item's other reads (writes); their callbacks raise "Event loop is closed",
+    and the other leaves' read coroutines, failing too, are collected unawaited: both
+    reach ``sys.unraisablehook`` (a traceback on stderr), possibly before the failure
+    reaches ``checkpoint``'s own filter. The failure itself is reported in one line, so
+    from the start drop exactly those and pass every other one on."""
     previous = sys.unraisablehook
 
     def hook(unraisable: Any) -> None:
         value = unraisable.exc_value
-        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+        closed = isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+        code = getattr(unraisable.object, "cr_code", None)  # a read coroutine left behind
+        orphan = f"{os.sep}orbax{os.sep}" in getattr(code, "co_filename", "")
+        if not (closed or orphan):
             previous(unraisable)
 
     sys.unraisablehook = hook

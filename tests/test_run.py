@@ -142,7 +142,8 @@ def test_truncated_and_missing_files_are_one_line_errors(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Faults: each item's data file cut to half; each metadata file Orbax or we read
-    deleted. Each: one line, exit 2, naming step 134, from sample (params, meta) or
+    deleted; garbage in Orbax's _CHECKPOINT_METADATA; the largest per-process params
+    data file emptied. Each: one line, exit 2, naming step 134, from sample (params, meta) or
     train --resume (the train item); the process run once, the rest in-process; step
     67 still restores."""
     pristine = copy_of(trained, tmp_path, "pristine")
@@ -160,18 +161,27 @@ def test_truncated_and_missing_files_are_one_line_errors(
         "integrity/metadata",
     ):
         faults.append(("delete", step_dir / name))
+    process_cases = {0, len(faults), len(faults) + 1}  # stderr only a process shows
+    faults.append(("garbage", step_dir / "_CHECKPOINT_METADATA"))  # Orbax logs it, too
+    shards = sorted((pristine / step_dir / "params" / "ocdbt.process_0" / "d").iterdir())
+    largest = max(shards, key=lambda p: p.stat().st_size)
+    faults.append(("empty", largest.relative_to(pristine)))  # the other reads orphaned
     for i, (kind, rel) in enumerate(faults):
         run_dir = copy_of(pristine, tmp_path, f"case{i}")
         path = run_dir / rel
         if kind == "truncate":
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        elif kind == "garbage":
+            path.write_text('{"not": json')
+        elif kind == "empty":
+            path.write_bytes(b"")
         else:
             path.unlink()
         # readers restore params only: a fault in the train item is resume's to catch
         reader = ["sample", "--checkpoint", run_dir]
         if rel.parts[2] == "train":
             reader = ["train", "--resume", run_dir, "--epochs", "3", "--no-progress"]
-        if i == 0:
+        if i in process_cases:
             assert_one_line_error(rnn_jax(*map(str, reader)), 2, "step 134")
         else:
             code, _, err = main(capsys, *reader)
