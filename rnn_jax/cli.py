@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +40,8 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        where = self.prog.partition(" ")[2]  # the subcommand; main() prints "rnn-jax: "
+        raise UsageError(f"{where}: {message}" if where else message)
 
 
 # ------------------------------------------------------------------------- derived flags
@@ -382,6 +384,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
@@ -407,6 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print("rnn-jax: error: out of memory; use a smaller model or batch", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # eval, sample, info: nothing to save
+        print(f"rnn-jax: SIGINT; {args.command} stopped", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        if argv_given is None:  # this process's command is done (and saved): it only exits
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
 
 
 def _one_line(err: BaseException) -> str:
@@ -422,13 +432,44 @@ def _quiet_logs() -> None:
 
     absl.logging.set_verbosity(absl.logging.ERROR)
     absl.logging.get_absl_logger().addFilter(_drop_orbax_background_errors)
+    logging.getLogger("asyncio").addFilter(_drop_orbax_orphaned_tasks)
+    _drop_closed_loop_callbacks()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _drop_orbax_background_errors(record: logging.LogRecord) -> bool:
     """Orbax logs a failed background write with its traceback, then re-raises the same
-    exception from ``wait_until_finished``, where the run reports it in one line."""
-    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+    exception from ``wait_until_finished``, where the run reports it in one line; and it
+    logs an unparsable ``_CHECKPOINT_METADATA``, which the restore reports as damage."""
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+        return True
+    return not (record.exc_info or record.getMessage().startswith("Failed to json parse"))
+
+
+def _drop_orbax_orphaned_tasks(record: logging.LogRecord) -> bool:
+    """After a failed save, asyncio reports at garbage collection the other writes of
+    that save that failed too ("Task exception was never retrieved"): already reported."""
+    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.getMessage())
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """After a failed read (write) Orbax closes its event loop while TensorStore's threads
+    finish the item's other reads (writes); their callbacks raise "Event loop is closed",
+    and the other leaves' read coroutines, failing too, are collected unawaited: both
+    reach ``sys.unraisablehook`` (a traceback on stderr), possibly before the failure
+    reaches ``checkpoint``'s own filter. The failure itself is reported in one line, so
+    from the start drop exactly those and pass every other one on."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        closed = isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+        code = getattr(unraisable.object, "cr_code", None)  # a read coroutine left behind
+        orphan = f"{os.sep}orbax{os.sep}" in getattr(code, "co_filename", "")
+        if not (closed or orphan):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -199,8 +200,10 @@ def clear_run_files(run_dir: Path) -> None:
 
 
 class Signals:
-    """SIGINT, SIGTERM and SIGHUP: before training, an ``Interrupted`` exception (the
-    start-up is abandoned); during training, a flag the loop polls after each step."""
+    """SIGINT, SIGTERM and SIGHUP become a flag: during training the loop polls it after
+    each step; during start-up ``check`` turns it into ``Interrupted`` between stages
+    (raising from the handler itself could land inside JAX's backend start-up, which
+    swallows or wraps it)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -213,11 +216,14 @@ class Signals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.training:
+        if self.received is None:
             self.received = signum
-            return
-        name = signal.Signals(signum).name
-        raise Interrupted(signum, f"{name} before training started; stopped")
+
+    def check(self) -> None:
+        """Raise ``Interrupted`` if a signal arrived while the run was starting."""
+        if self.received is not None and not self.training:
+            name = signal.Signals(self.received).name
+            raise Interrupted(self.received, f"{name} before training started; stopped")
 
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._old.items():
@@ -230,7 +236,7 @@ class Signals:
 def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
     """Run the life cycle of module docstring; see it for what each step guarantees."""
     signals = signals or Signals()
-    from rnn_jax import checkpoint, loop, parallel
+    from rnn_jax import checkpoint, loop, parallel, report
 
     echo = request.echo
     model_fields, train_fields, run_fields, explicit = resolve_configs(request)
@@ -272,6 +278,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         if request.resume is None:
             train_config = TrainConfig(**train_fields)
             dataset = loop.load_dataset(train_config, cache_dir=_cache(run_config))
+            signals.check()
             vocab_size = model_fields.pop("vocab_size", dataset.vocab_size)
             if vocab_size != dataset.vocab_size:
                 raise ValueError(
@@ -280,6 +287,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
                 )
             model_config = ModelConfig(vocab_size=dataset.vocab_size, **model_fields)
             loop.check_run(model_config, train_config, dataset, run_config)
+            signals.check()
             if main_process:
                 echo(loop.describe_data(train_config, dataset))
             if main_process:
@@ -305,6 +313,12 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         else:
             if main_process:
                 lock.acquire()
+            if not checkpoint.has_checkpoints(run_dir):
+                raise ValueError(
+                    f"{run_dir} holds no finished checkpoint to resume (its run stopped "
+                    f"before the first save); start it again with --out {run_dir}"
+                )
+            signals.check()
             restored = checkpoint.restore(
                 run_dir,
                 step=request.resume_step,
@@ -319,8 +333,10 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
             saved_run = _saved_run_config(run_dir)
             run_config = RunConfig(**{**saved_run, **run_fields})
             dataset = loop.load_dataset(train_config, cache_dir=_cache(run_config))
+            signals.check()
             _check_corpus(restored, dataset, run_dir)
             loop.check_run(model_config, train_config, dataset, run_config)
+            signals.check()
             if restored.step >= loop.total_steps(train_config, dataset):
                 echo(
                     f"{run_dir} has trained {restored.step} steps (epoch {restored.epoch}) "
@@ -328,6 +344,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
                 )
                 return Outcome(run_dir, model_config, train_config, dataset, None)
             if main_process:
+                report.read_jsonl(run_dir / loop.METRICS)  # refused before anything moves
                 moved, aside = checkpoint.set_aside_after(run_dir, restored.step)
                 loop.truncate_logs(run_dir, restored.step)
                 kept = ""
@@ -337,6 +354,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
                         f"{aside}"
                     )
                 echo(f"resuming {run_dir} at step {restored.step} (epoch {restored.epoch}){kept}")
+        signals.check()
         lock.claim() if main_process else None
         return _train(
             request, signals, run_dir, model_config, train_config, run_config, dataset, restored
@@ -409,7 +427,7 @@ def _train(
             save(state, record, None)
 
     try:
-        signals.training = True
+        signals.training = True  # and stays so: a signal from here on is noted, not raised
         result = loop.fit(
             model_config,
             train_config,
@@ -424,28 +442,24 @@ def _train(
             run_config=run_config,
             mesh=mesh,
         )
-        signals.training = False
         if result.interrupted and int(result.state.step) not in manager.all_steps():
             save(result.state, None, result.sums)
     except loop.NonFiniteLossError as err:
-        signals.training = False
-        _close_or_fail(manager)
+        _close_or_fail(manager, run_dir)
         raise RunError(f"{err}{_last_good(manager)}") from None
     except checkpoint.CheckpointWriteError as err:
-        signals.training = False
-        raise RunError(str(err)) from None
+        _drop_unfinished_saves(run_dir)
+        raise RunError(_without_spec(err)) from None
     except OSError as err:  # metrics, plot, samples or events could not be written
-        signals.training = False
-        _close_or_fail(manager)
+        _close_or_fail(manager, run_dir)
         raise RunError(
             f"writing to {run_dir} failed ({err.strerror or err}){_last_good(manager)}"
         ) from None
     except BaseException:
-        signals.training = False
         with contextlib.suppress(Exception):
             checkpoint.close(manager)
         raise
-    _close_or_fail(manager)
+    _close_or_fail(manager, run_dir)
     return Outcome(run_dir, model_config, train_config, dataset, result, signals.received)
 
 
@@ -475,13 +489,28 @@ def _restore_sharding(devices: int | None) -> Any:
     return sharding
 
 
-def _close_or_fail(manager: Any) -> None:
+def _close_or_fail(manager: Any, run_dir: Path) -> None:
     from rnn_jax import checkpoint
 
     try:
         checkpoint.close(manager)
     except checkpoint.CheckpointWriteError as err:
-        raise RunError(str(err)) from None
+        _drop_unfinished_saves(run_dir)
+        raise RunError(_without_spec(err)) from None
+
+
+def _without_spec(err: Exception) -> str:
+    """The error on one line, without the kilobytes of driver spec TensorStore appends."""
+    return " ".join(re.sub(r" ?\[tensorstore_spec='.*?'\]", "", str(err)).split())
+
+
+def _drop_unfinished_saves(run_dir: Path) -> None:
+    """Remove the temporary folders of saves that failed (Orbax would remove them when
+    the folder is next opened for writing; a failed run leaves none behind)."""
+    from rnn_jax import checkpoint
+
+    for partial in checkpoint.checkpoint_dir(run_dir).glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _last_good(manager: Any) -> str:
@@ -590,9 +619,13 @@ def train_from_request(request: TrainRequest) -> int:
         if request.seeds is not None:
             return _train_sweep(request)
         outcome = execute(request, signals)
+        return _report(request, outcome)  # under the handlers: a late signal is only noted
+
+
+def _report(request: TrainRequest, outcome: Outcome) -> int:
     from rnn_jax import parallel
 
-    if not parallel.is_main_process():
+    if not parallel.is_main_process():  # process 0 reports for the run
         request = dataclasses.replace(request, echo=_silent)
     result = outcome.result
     if result is None:
@@ -833,11 +866,13 @@ def describe(run_dir: Path) -> str:
     lines.append("|---:|---:|---:|---:|---|---|")
     for info in infos:
         tags = ", ".join(t for t, on in (("latest", info.is_latest), ("best", info.is_best)) if on)
+        epoch = "" if info.epoch is None else info.epoch
         lines.append(
-            f"| {info.step} | {info.epoch} | {_fmt(info.train_ppl)} | {_fmt(info.val_ppl)} | "
+            f"| {info.step} | {epoch} | {_fmt(info.train_ppl)} | {_fmt(info.val_ppl)} | "
             f"{'yes' if info.intact else 'NO'} | {tags} |"
         )
-    return "\n".join(lines)
+    damaged = [f"  {info.problem}" for info in infos if not info.intact and info.problem]
+    return "\n".join(lines + (["", *damaged] if damaged else []))
 
 
 def _fmt(value: float | None) -> str:
