@@ -5,7 +5,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = [p for p in ("rnn_jax", "tests", "experiments", "benchmarks") if (ROOT / p).is_dir()]
+PATHS = [
+    p for p in ("rnn_jax", "tests", "experiments", "benchmarks", "scripts") if (ROOT / p).is_dir()
+]
 
 
 def test_ruff_check() -> None:
