@@ -307,7 +307,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.step is not None and args.resume is None:
         raise UsageError("--step goes with --resume RUN_DIR")
-    return run.train_from_request(request)
+    return run.train_from_request(request, args.signals)
 
 
 def _seeds(text: str | None) -> tuple[int, ...] | None:
@@ -386,11 +386,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
+    signals = None
+    if argv_given is None and argv[:1] == ["train"]:
+        from rnn_jax.run import Signals  # before JAX is imported: a signal is never lost
+
+        signals = Signals().__enter__()
     try:
         args = build_parser().parse_args(argv)
     except UsageError as err:
         print(f"rnn-jax: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    args.signals = signals
     _quiet_logs()
     from rnn_jax.checkpoint import CheckpointError
     from rnn_jax.run import Interrupted, RunError

@@ -246,6 +246,7 @@ def fit(
     on_record: Callable[[TrainState, dict[str, Any]], None] | None = None,
     on_epoch_end: Callable[[TrainState, dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    on_start: Callable[[], None] | None = None,
     echo: Callable[[str], None] = tqdm.write,
     progress: bool | None = None,
     run_config: RunConfig | None = None,
@@ -262,7 +263,8 @@ def fit(
     samples to ``samples.txt``. ``on_record`` (and, at epoch ends, ``on_epoch_end``) is
     called after each record. ``should_stop`` is polled after each step; when it answers
     True the loop returns at once with ``interrupted=True``, a state that resumes
-    exactly, and the running ``sums`` to save with it. ``progress=None`` shows a
+    exactly, and the running ``sums`` to save with it. ``on_start`` is called once
+    everything is compiled, before the first step. ``progress=None`` shows a
     progress bar only on a terminal.
 
     With ``mesh`` (``parallel.make_mesh``) the batch axis is sharded over its devices:
@@ -321,6 +323,8 @@ def fit(
         elif run_config.tensorboard:
             echo("note: tensorboardX is not installed; no TensorBoard events are written")
 
+    if on_start is not None:
+        on_start()
     history: list[dict[str, Any]] = []
     bar = tqdm(total=total, initial=start_step, unit="step", disable=_no_bar(progress), leave=False)
     loss_sum, grad_norm_sum, num_batches, elapsed = _restore_sums(sums)

@@ -219,6 +219,12 @@ class Signals:
         if self.received is None:
             self.received = signum
 
+    def start_training(self) -> None:
+        """Called by the loop before its first step: a signal from here on stops the
+        loop after a step (and is saved); one before it abandons the start-up."""
+        self.check()
+        self.training = True
+
     def check(self) -> None:
         """Raise ``Interrupted`` if a signal arrived while the run was starting."""
         if self.received is not None and not self.training:
@@ -427,7 +433,6 @@ def _train(
             save(state, record, None)
 
     try:
-        signals.training = True  # and stays so: a signal from here on is noted, not raised
         result = loop.fit(
             model_config,
             train_config,
@@ -437,6 +442,7 @@ def _train(
             out_dir=run_dir if main_process else None,
             on_record=on_record,
             should_stop=lambda: signals.received is not None,
+            on_start=signals.start_training,
             echo=request.echo,
             progress=request.progress if main_process else False,
             run_config=run_config,
@@ -612,11 +618,13 @@ def train(
 # --------------------------------------------------------------------------- the CLI's wrapper
 
 
-def train_from_request(request: TrainRequest) -> int:
+def train_from_request(request: TrainRequest, signals: Signals | None = None) -> int:
     """``rnn-jax train``: run ``execute`` (or a sweep) and print its report; the exit
-    status (0, or 128 + signal) is returned, failures raise for the CLI to print."""
-    with Signals() as signals:
+    status (0, or 128 + signal) is returned, failures raise for the CLI to print.
+    ``signals``: handlers the caller installed as early as it could (else installed here)."""
+    with contextlib.nullcontext(signals) if signals else Signals() as signals:
         if request.seeds is not None:
+            signals.__exit__()  # a sweep is not resumable: a signal stops it (KeyboardInterrupt)
             return _train_sweep(request)
         outcome = execute(request, signals)
         return _report(request, outcome)  # under the handlers: a late signal is only noted

@@ -188,15 +188,18 @@ def test_signal_saves_exits_and_resumes_exactly(tmp_path: Path, signum: signal.S
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_before_training_leaves_no_folder(tmp_path: Path, signum: signal.Signals) -> None:
-    """A signal while the run starts (loading, compiling) exits 128+signum with one line
-    and leaves no run folder behind."""
+    """A signal while the run starts (sent once the data is loaded and checked, while
+    the folder is made and the step compiles) exits 128+signum with one line and
+    leaves no run folder behind."""
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), "--epochs", "3", *TINY]
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = run_dir / ".lock"
-    deadline = time.monotonic() + 60
-    while not (lock.exists() and "pid" in lock.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(CACHE)}
+    child = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert child.stdout is not None
+    first = child.stdout.readline()
+    assert first.startswith("data:"), first
     child.send_signal(signum)
     out, err = child.communicate(timeout=60)
     assert child.returncode == 128 + signum, (child.returncode, out, err)

@@ -172,6 +172,6 @@ def test_epoch_lines_are_written_above_the_progress_bar() -> None:
 
     from rnn_jax import loop, run
 
-    assert inspect.signature(loop.fit).parameters["echo"].default is tqdm.write
-    assert run.TrainRequest().echo is tqdm.write
-    assert inspect.signature(run.train).parameters["echo"].default is tqdm.write
+    assert inspect.signature(loop.fit).parameters["echo"].default == tqdm.write
+    assert run.TrainRequest().echo == tqdm.write
+    assert inspect.signature(run.train).parameters["echo"].default == tqdm.write
