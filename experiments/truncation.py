@@ -94,7 +94,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from rnn_jax import loop, model, sweep
+from rnn_jax import loop, model, step, sweep
 from rnn_jax.config import ModelConfig, TrainConfig
 from rnn_jax.loss import total_nll
 from rnn_jax.step import Batch, Metrics, TrainState
@@ -145,19 +145,7 @@ def randomized_truncation_step(
         return nlls.sum() / Y.size, h_T
 
     (loss, h_T), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        opt_state=opt_state,
-        hidden=h_T,
-    )
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
-        "update_norm": optax.tree.norm(updates),
-    }
-    return new_state, metrics
+    return step.apply_gradients(state, optimizer, loss, h_T, grads)
 
 
 def strategies(

@@ -197,12 +197,25 @@ def train_step(
         return cross_entropy(logits, Y), h_T
 
     (loss, h_T), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return apply_gradients(state, optimizer, loss, h_T, grads)
+
+
+def apply_gradients(
+    state: TrainState,
+    optimizer: optax.GradientTransformation,
+    loss: jax.Array,
+    hidden: model.State,
+    grads: model.Params,
+) -> tuple[TrainState, Metrics]:
+    """The optimizer's update of ``state`` from ``grads`` (the step after it, the new
+    carried ``hidden`` state) and the step's metrics: its ``loss``, the gradient's global
+    norm before clipping and the update's norm."""
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
         opt_state=opt_state,
-        hidden=h_T,
+        hidden=hidden,
     )
     metrics = {
         "loss": loss,
