@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rnn_jax.data import PARTITIONS, TOKEN_KINDS
+from rnn_jax.data import PREPROCESS as PREPROCESSING
+
 CELLS = ("rnn", "gru", "lstm")
 NONLINEARITIES = ("tanh", "relu")  # of the rnn cell
 INITS = ("normal", "uniform")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-TOKEN_KINDS = ("char", "word")
-PARTITIONS = ("random", "sequential")
-PREPROCESSING = ("book", "raw")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup-cosine", "linear")
 

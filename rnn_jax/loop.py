@@ -373,7 +373,7 @@ def fit(
                     f"{record['train_ppl']}) between steps {done - num_batches + 1} and {done} "
                     f"(epoch {epoch + 1}); lower the learning rate or the clipping threshold theta"
                 )
-            eval_due = (epoch_end and _due(config.eval_every, epoch, config.num_epochs)) or (
+            eval_due = (epoch_end and due(config.eval_every, epoch, config.num_epochs)) or (
                 config.eval_every_steps and done % config.eval_every_steps == 0
             )
             final = done == total and bool(config.eval_every or config.eval_every_steps)
@@ -383,7 +383,7 @@ def fit(
                 if char:
                     record["val_bpc"] = bits_per_token(record["val_ppl"])
             samples = None
-            if (epoch_end and _due(config.sample_every, epoch, config.num_epochs)) or (
+            if (epoch_end and due(config.sample_every, epoch, config.num_epochs)) or (
                 done == total and config.sample_every
             ):
                 samples = sample.predict(
@@ -472,7 +472,7 @@ def _record(
     return record
 
 
-def _due(every: int, epoch: int, num_epochs: int) -> bool:
+def due(every: int, epoch: int, num_epochs: int) -> bool:
     """Whether a task run every ``every`` epochs (0 = never) runs after 0-based ``epoch``;
     it always runs after the last one."""
     return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == num_epochs)

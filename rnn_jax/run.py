@@ -31,9 +31,8 @@ import re
 import shutil
 import signal
 import socket
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ from rnn_jax.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
-    from_dict,
     load_file,
     to_dict,
 )
@@ -292,6 +290,9 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
                     f"{dataset.vocab_size}"
                 )
             model_config = ModelConfig(vocab_size=dataset.vocab_size, **model_fields)
+            if train_config.sample_prefix is None:  # stored, so sampling never rereads the text
+                prefixes = tuple(loop.default_prefixes(dataset))
+                train_config = dataclasses.replace(train_config, sample_prefix=prefixes)
             loop.check_run(model_config, train_config, dataset, run_config)
             signals.check()
             if main_process:
@@ -324,20 +325,17 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
                     f"{run_dir} holds no finished checkpoint to resume (its run stopped "
                     f"before the first save); start it again with --out {run_dir}"
                 )
+            run_config = RunConfig(**{**_saved_run_config(run_dir), **run_fields})
             signals.check()
             restored = checkpoint.restore(
                 run_dir,
                 step=request.resume_step,
                 for_training=True,
-                sharding=_restore_sharding(
-                    run_fields.get("devices", _saved_run_config(run_dir).get("devices"))
-                ),
+                sharding=_restore_sharding(run_config.devices),
             )
             model_config, train_config = _resumed_configs(
                 restored, model_fields, train_fields, explicit
             )
-            saved_run = _saved_run_config(run_dir)
-            run_config = RunConfig(**{**saved_run, **run_fields})
             dataset = loop.load_dataset(train_config, cache_dir=_cache(run_config))
             signals.check()
             _check_corpus(restored, dataset, run_dir)
@@ -365,11 +363,8 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         return _train(
             request, signals, run_dir, model_config, train_config, run_config, dataset, restored
         )
-    except Interrupted:
-        if created and not checkpoint.has_checkpoints(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    except BaseException:
+    except BaseException:  # a signal, bad input, a failure: a folder this run made and
+        # never checkpointed is not left behind
         if created and not checkpoint.has_checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -830,6 +825,7 @@ def sample_checkpoint(
 
 
 def _first_tokens(restored: Any) -> str:
+    """The default prefix of a run saved before its config stored it (reads the corpus)."""
     from rnn_jax import loop
 
     dataset = loop.load_dataset(restored.train_config)
@@ -897,29 +893,3 @@ def _owner(run_dir: Path) -> str | None:
         except BlockingIOError:
             return handle.read().strip() or "another process"
     return None
-
-
-@contextlib.contextmanager
-def _stderr_to(stream: Any) -> Iterator[None]:
-    old = sys.stderr
-    sys.stderr = stream
-    try:
-        yield
-    finally:
-        sys.stderr = old
-
-
-__all__ = [
-    "Interrupted",
-    "Outcome",
-    "RunError",
-    "RunLock",
-    "TrainRequest",
-    "describe",
-    "evaluate_checkpoint",
-    "execute",
-    "from_dict",
-    "resolve_configs",
-    "sample_checkpoint",
-    "train_from_request",
-]

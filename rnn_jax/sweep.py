@@ -367,7 +367,7 @@ def _fit_vmap(
         )
         train_s = time.perf_counter() - started
         val = [None] * M
-        if val_batches is not None and loop._due(config.eval_every, epoch, config.num_epochs):
+        if val_batches is not None and loop.due(config.eval_every, epoch, config.num_epochs):
             nlls, counts = jax.device_get(evaluate(state.params, *val_batches))
             val = [perplexity(n, c) for n, c in zip(nlls, counts, strict=True)]
         for i in range(M):
@@ -449,7 +449,7 @@ def _fit_solo(
                 "step": (epoch + 1) * K,
                 "train_ppl": math.inf,
                 "val_ppl": math.inf
-                if loop._due(config.eval_every, epoch, config.num_epochs)
+                if loop.due(config.eval_every, epoch, config.num_epochs)
                 else None,
                 "tokens_per_s": None,
                 "grad_norm": None,
