@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import loop, model, sample, step
+from rnn_jax import input_pipeline, loop, model, run_folder, sample, step
 from rnn_jax.config import ModelConfig, TrainConfig
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
@@ -28,7 +28,7 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA
 def info() -> dict[str, Any]:
     """Versions, device and thread conditions of this worker process."""
     return {
-        **loop.run_info(),
+        **run_folder.run_info(),
         "numpy": np.__version__,
         "affinity": len(os.sched_getaffinity(0)),
         "env": {k: os.environ.get(k) for k in THREAD_ENV if k in os.environ},
@@ -66,9 +66,9 @@ def _rate(run: Callable[[int], Any], units_per_call: float, seconds: float) -> f
     return n * units_per_call / (time.perf_counter() - t0)
 
 
-def _book_data(batch_size: int = 32) -> tuple[loop.Dataset, TrainConfig]:
+def _book_data(batch_size: int = 32) -> tuple[input_pipeline.Dataset, TrainConfig]:
     config = TrainConfig(batch_size=batch_size)
-    return loop.load_dataset(config), config
+    return input_pipeline.load_dataset(config), config
 
 
 def train(cell: str, num_hiddens: int, seconds: float, compile_times: bool) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def train(cell: str, num_hiddens: int, seconds: float, compile_times: bool) -> d
     model_config = ModelConfig(dataset.vocab_size, num_hiddens, cell=cell)
     optimizer = step.make_optimizer(config)
     state = step.init_train_state(model_config, optimizer, config.batch_size, jax.random.key(0))
-    Xs, Ys = loop.epoch_batches(dataset, config, 0).materialise()
+    Xs, Ys = input_pipeline.train_plan(dataset, config, 0).materialise()
     batches = [(jax.device_put(x), jax.device_put(y)) for x, y in zip(Xs, Ys, strict=True)]
     train_step = step.make_train_step(model_config, optimizer, carry_hidden=True)
     holder = {"state": state, "k": 0}
@@ -111,7 +111,7 @@ def evaluate(num_hiddens: int, seconds: float) -> dict[str, Any]:
     dataset, config = _book_data()
     model_config = ModelConfig(dataset.vocab_size, num_hiddens)
     params = model.init(model_config, jax.random.key(0))
-    Xs, Ys = (jnp.asarray(a) for a in loop.epoch_batches(dataset, config, 0).materialise())
+    Xs, Ys = (jnp.asarray(a) for a in input_pipeline.train_plan(dataset, config, 0).materialise())
     evaluate_fn = step.make_evaluate(model_config)
 
     def run(n: int) -> Any:
@@ -196,12 +196,12 @@ def e2e(epochs: int) -> dict[str, Any]:
     """Wall time of the book's run: ``loop.fit`` as ``experiments/book_rnn.py`` calls it."""
     config = TrainConfig(num_epochs=epochs)
     t0 = time.perf_counter()
-    dataset = loop.load_dataset(config)
+    dataset = input_pipeline.load_dataset(config)
     model_config = ModelConfig(dataset.vocab_size, 512)
     result = loop.fit(model_config, config, dataset, echo=lambda _: None, progress=False)
     wall = time.perf_counter() - t0
     last = result.history[-1]
-    K = loop.batches_per_epoch(len(dataset.train), config.batch_size, config.num_steps)
+    K = input_pipeline.batches_per_epoch(len(dataset.train), config.batch_size, config.num_steps)
     tokens = epochs * K * config.batch_size * config.num_steps
     train_s = sum(r["wall_s"] for r in result.history)
     prediction = sample.predict(

@@ -57,15 +57,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from rnn_jax import loop, model, sample, step
+    from rnn_jax import input_pipeline, model, sample, step
     from rnn_jax.config import ModelConfig, TrainConfig
 
     config = TrainConfig(batch_size=args.batch_size)
-    dataset = loop.load_dataset(config)
+    dataset = input_pipeline.load_dataset(config)
     model_config = ModelConfig(
         dataset.vocab_size, args.num_hiddens, cell=args.cell, compute_dtype=args.dtype
     )
-    plan = loop.epoch_batches(dataset, config, 0)
+    plan = input_pipeline.train_plan(dataset, config, 0)
     out: dict[str, Any] = {"impl": "rnn_jax", "num_batches": len(plan)}
 
     if args.workload == "train":
@@ -119,12 +119,12 @@ def write_peer_data(path: Path, batch_size: int) -> int:
     """The epoch-0 minibatches rnn_jax trains on, as ``torch_ttq.py`` reads them:
     ``train_X, train_Y`` ``(K, B, T)``, ``val_X, val_Y`` (the same: only the rate is
     read) and ``vocab_size``. Returns K."""
-    from rnn_jax import loop
+    from rnn_jax import input_pipeline
     from rnn_jax.config import TrainConfig
 
     config = TrainConfig(batch_size=batch_size)
-    dataset = loop.load_dataset(config)
-    Xs, Ys = loop.epoch_batches(dataset, config, 0).materialise()
+    dataset = input_pipeline.load_dataset(config)
+    Xs, Ys = input_pipeline.train_plan(dataset, config, 0).materialise()
     np.savez(
         path, train_X=Xs, train_Y=Ys, val_X=Xs[:1], val_Y=Ys[:1], vocab_size=dataset.vocab_size
     )

@@ -9,7 +9,7 @@ one word in forty from Greek, Cyrillic, CJK or an emoji. For char and word token
 RSS (``resource.getrusage``) is its own: tokenising without a cache (read, hash,
 decode, tokenise), the cold ingest (the same, then write the cache), the cached ingest
 (stat, verify the token file's sha256, memmap), and building every minibatch of
-one epoch on demand (``data.epoch_plan``, B 32, T 35, both partitions) from the cached
+one epoch on demand (``input_pipeline.epoch_plan``, B 32, T 35, both partitions) from the cached
 memmap. Takes about 4 minutes here for 1, 10 and 100 MB (two cores shared with
 other jobs, load average about 11). Result here, 100 MB: char tokens tokenise in
 2.5 s (4.1 s with the cache write), load from the cache in 0.23 s, peak RSS 653 MB
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnn_jax import data
+from rnn_jax import data, input_pipeline
 
 BATCH, STEPS = 32, 35
 FOREIGN = ["Ελληνικά", "λόγος", "Кириллица", "машина", "时间", "机器", "旅行者", "😀", "🕰️"]
@@ -74,7 +74,9 @@ def measure(path: str, token: str, cache_dir: str, what: str) -> dict:
     out["dtype"] = corpus.tokens.dtype.name
     if what == "batches":
         for partition in ("random", "sequential"):
-            plan = data.epoch_plan(corpus.tokens, BATCH, STEPS, partition, seed=0, epoch=0)
+            plan = input_pipeline.epoch_plan(
+                corpus.tokens, BATCH, STEPS, partition, seed=0, epoch=0
+            )
             started = time.perf_counter()
             for k in range(len(plan)):
                 plan.batch(k)
@@ -125,7 +127,7 @@ def main() -> None:
             path = work / f"corpus_{size:g}MB.txt"
             _run("--make", str(path), str(size))
             # An existing corpus, not one written a moment ago: a file younger than 2 s
-            # is rehashed on every load (data._Cache's "racy" rule).
+            # is rehashed on every load (rnn_jax.cache's "racy" rule).
             hour_ago = time.time_ns() - 3600 * 10**9
             os.utime(path, ns=(hour_ago, hour_ago))
             for token in ("char", "word"):

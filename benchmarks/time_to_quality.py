@@ -58,14 +58,14 @@ LEARNING_RATES = {"sgd": 1.0, "adam": 2e-3}
 def write_data(path: Path, batch_size: int, num_steps: int) -> int:
     """Tokenise the raw Time Machine (one id per distinct character), hold out the last
     10%, and write both partitions as ``(K, B, T)`` arrays to ``path`` (npz). Returns V."""
-    from rnn_jax import data  # here: the harness itself needs no JAX
+    from rnn_jax import data, input_pipeline  # here: the harness itself needs no JAX
 
     text = data.read_text()
     chars = np.array(list(text))
     vocab, ids = np.unique(chars, return_inverse=True)
-    train, val = data.train_val_split(ids.astype(np.int32), 0.1)
-    train_X, train_Y = data.sequential_batches(train, batch_size, num_steps, offset=0)
-    val_X, val_Y = data.eval_batches(val, batch_size, num_steps)
+    train, val = input_pipeline.train_val_split(ids.astype(np.int32), 0.1)
+    train_X, train_Y = input_pipeline.sequential_batches(train, batch_size, num_steps, offset=0)
+    val_X, val_Y = input_pipeline.eval_batches(val, batch_size, num_steps)
     np.savez(
         path, train_X=train_X, train_Y=train_Y, val_X=val_X, val_Y=val_Y, vocab_size=len(vocab)
     )

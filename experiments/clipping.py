@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnn_jax import loop, sweep
+from rnn_jax import input_pipeline, sweep
 from rnn_jax.config import ModelConfig, TrainConfig
 
 NO_CLIP = 1e9  # "none": a threshold no gradient norm reaches (TrainConfig wants a finite one)
@@ -115,7 +115,7 @@ def main() -> None:
             max_tokens=600, batch_size=4, num_steps=8, lr=args.lr, num_epochs=2, sample_every=0
         )
         H, seeds = 8, range(2)
-    dataset = loop.load_dataset(config)
+    dataset = input_pipeline.load_dataset(config)
     model_config = ModelConfig(vocab_size=dataset.vocab_size, num_hiddens=H)
     members = sweep.grid(model_config, config, seeds=seeds, thetas=THETAS)
     print(f"{len(members)} members, H {H}, lr {config.lr}, {config.num_epochs} epochs")

@@ -52,7 +52,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from rnn_jax import loop, model, sample
+from rnn_jax import input_pipeline, loop, model, sample
 from rnn_jax.config import ModelConfig, TrainConfig
 
 MODELS = {  # name -> (cell, num_layers, dropout, lr: the best of {1, 2, 4} in a pilot)
@@ -86,7 +86,7 @@ def main() -> None:
         seed=args.seed,
         sample_every=0,
     )
-    dataset = loop.load_dataset(base)
+    dataset = input_pipeline.load_dataset(base)
     print(
         f"{len(dataset.train):,} train / {len(dataset.val):,} validation tokens, "
         f"vocab {dataset.vocab_size}, {args.epochs} epochs"

@@ -78,7 +78,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from rnn_jax import cells, loop, model
+from rnn_jax import cells, input_pipeline, loop, model
 from rnn_jax.config import ModelConfig, TrainConfig
 from rnn_jax.loss import cross_entropy
 
@@ -149,7 +149,7 @@ _gradient_norms = jax.jit(gradient_norms, static_argnums=0)
 _jacobian_norms = jax.jit(jacobian_norms, static_argnums=0)
 
 
-def windows(dataset: loop.Dataset, batch: int, length: int) -> np.ndarray:
+def windows(dataset: input_pipeline.Dataset, batch: int, length: int) -> np.ndarray:
     """``batch`` windows of ``length`` tokens ``(B, length)``, evenly spaced over the
     validation split (the training split when there is none)."""
     text = dataset.val if len(dataset.val) >= batch + length else dataset.train
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             train, max_tokens=3000, batch_size=4, num_steps=8, num_epochs=1, eval_every=1
         )
     started = time.perf_counter()
-    dataset = loop.load_dataset(train)
+    dataset = input_pipeline.load_dataset(train)
     tokens = windows(dataset, args.batch, args.length + 1)
     curves: dict[str, dict[str, list]] = {}
     training: dict[str, dict[str, Any]] = {}

@@ -94,7 +94,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from rnn_jax import loop, model, step, sweep
+from rnn_jax import input_pipeline, model, step, sweep
 from rnn_jax.config import ModelConfig, TrainConfig
 from rnn_jax.loss import total_nll
 from rnn_jax.step import Batch, Metrics, TrainState
@@ -200,7 +200,7 @@ def main() -> None:
         config = dataclasses.replace(config, max_tokens=1500, batch_size=4, num_epochs=2)
         H, seeds, taus, args.cut = 8, range(2), [5, 20], 10
     long = max(taus)
-    dataset = loop.load_dataset(dataclasses.replace(config, num_steps=long))
+    dataset = input_pipeline.load_dataset(dataclasses.replace(config, num_steps=long))
     model_config = ModelConfig(vocab_size=dataset.vocab_size, num_hiddens=H)
     args.out.mkdir(parents=True, exist_ok=True)
 

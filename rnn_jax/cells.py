@@ -65,11 +65,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.config import GATES
+
 Params = dict[str, jax.Array]
 State = Any  # H (B, H), or (H, C) for the LSTM
 Sequence = jax.Array  # (T, B, H)
-
-GATES = {"rnn": ("h",), "gru": ("z", "r", "h"), "lstm": ("i", "f", "o", "c")}
 
 
 class Cell(NamedTuple):
@@ -393,23 +393,41 @@ def _lstm(W_h, XW, state):
 # ------------------------------------------------------------------ registry
 
 
+def _rnn_cell(nonlinearity: str) -> Cell:
+    step = functools.partial(rnn_step, nonlinearity=nonlinearity)
+    recurrence = functools.partial(rnn_recurrence, nonlinearity=nonlinearity)
+    return Cell("rnn", GATES["rnn"], _init("rnn"), zeros_state, step, recurrence)
+
+
+def _gru_cell(nonlinearity: str) -> Cell:
+    return Cell("gru", GATES["gru"], _init("gru"), zeros_state, gru_step, gru_recurrence)
+
+
+def _lstm_cell(nonlinearity: str) -> Cell:
+    return Cell("lstm", GATES["lstm"], _init("lstm"), lstm_state, lstm_step, lstm_recurrence)
+
+
+def _init(name: str) -> Callable[..., Params]:
+    return functools.partial(init_gates, GATES[name])
+
+
+# Each cell of ``config.GATES`` by name: a function of the rnn's nonlinearity to its ``Cell``.
+REGISTRY: dict[str, Callable[[str], Cell]] = {
+    "rnn": _rnn_cell,
+    "gru": _gru_cell,
+    "lstm": _lstm_cell,
+}
+
+
 def get(name: str, nonlinearity: str = "tanh") -> Cell:
     """The cell called ``name`` ("rnn", "gru", "lstm"); ``nonlinearity`` is the rnn's."""
-    if name not in GATES:
-        raise ValueError(f"cell must be one of {tuple(GATES)}, got {name!r}")
+    if name not in REGISTRY:
+        raise ValueError(f"cell must be one of {tuple(REGISTRY)}, got {name!r}")
     if nonlinearity not in _ACTIVATIONS:
         raise ValueError(f"nonlinearity must be one of {tuple(_ACTIVATIONS)}, got {nonlinearity!r}")
     if nonlinearity != "tanh" and name != "rnn":
         raise ValueError(f"nonlinearity applies to the rnn cell only, not {name!r}")
-    gates = GATES[name]
-    init = functools.partial(init_gates, gates)
-    if name == "rnn":
-        step = functools.partial(rnn_step, nonlinearity=nonlinearity)
-        recurrence = functools.partial(rnn_recurrence, nonlinearity=nonlinearity)
-        return Cell(name, gates, init, zeros_state, step, recurrence)
-    if name == "gru":
-        return Cell(name, gates, init, zeros_state, gru_step, gru_recurrence)
-    return Cell(name, gates, init, lstm_state, lstm_step, lstm_recurrence)
+    return REGISTRY[name](nonlinearity)
 
 
 # ------------------------------------------------------------------ bidirectional

@@ -30,8 +30,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
-import shutil
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -39,13 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import absl.logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers as policies
 
-from rnn_jax import model
+from rnn_jax import model, parallel
 from rnn_jax.config import ModelConfig, TrainConfig, from_dict, to_dict
 from rnn_jax.data import Vocab
 from rnn_jax.step import TrainState, init_train_state, make_optimizer
@@ -93,15 +96,14 @@ class DamagedCheckpointError(CheckpointError):
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    save_every: int = 10  # save every this many epochs (and always at the end)
+    """What the manager keeps (when a run saves is ``actions.Save``'s cadence)."""
+
     keep: int = 3  # keep the latest this many checkpoints
     keep_best: bool = True  # also keep the one with the best validation perplexity
 
     def __post_init__(self) -> None:
-        if self.save_every <= 0 or self.keep <= 0:
-            raise ValueError(
-                f"save_every and keep must be positive, got {self.save_every} and {self.keep}"
-            )
+        if self.keep <= 0:
+            raise ValueError(f"keep must be positive, got {self.keep}")
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,33 @@ def open_manager(
     return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options)
 
 
+def _items(state: TrainState, key: Any) -> dict[str, Any]:
+    """The two array items of a checkpoint from a ``TrainState``, or from any pytree of its
+    structure (its shapes, its shardings), ``key`` standing for the PRNG key's data: the
+    one place their layout is written."""
+    return {
+        "params": state.params,
+        "train": {
+            "opt_state": state.opt_state,
+            "step": state.step,
+            "hidden": state.hidden,
+            "key": key,
+        },
+    }
+
+
+def _state(items: dict[str, Any]) -> TrainState:
+    """The ``TrainState`` of restored items (``_items`` undone)."""
+    train = items["train"]
+    return TrainState(
+        step=jnp.asarray(train["step"], jnp.int32),
+        params=items["params"],
+        opt_state=train["opt_state"],
+        hidden=train["hidden"],
+        key=jax.random.wrap_key_data(jnp.asarray(train["key"])),
+    )
+
+
 def params_spec(params: model.Params) -> dict[str, list[Any]]:
     """``{path: [shape, dtype]}`` of every leaf, as stored in the metadata."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -203,15 +232,7 @@ def save(
     checksums and its arrays are not verified on restore (its ``meta`` still is).
     """
     step = int(state.step)
-    items = {
-        "params": state.params,
-        "train": {
-            "opt_state": state.opt_state,
-            "step": state.step,
-            "hidden": state.hidden,
-            "key": jax.random.key_data(state.key),
-        },
-    }
+    items = _items(state, jax.random.key_data(state.key))
     if all(_addressable(leaf) for leaf in jax.tree.leaves(items)):
         items = jax.tree.map(np.array, jax.device_get(items))  # own copies, never views
         arrays = {name: _digests(tree) for name, tree in items.items()}
@@ -340,6 +361,7 @@ def restore(
     expect_vocab: Vocab | None = None,
     for_training: bool = False,
     sharding: ShardingSpec | None = None,
+    mesh: Mesh | None = None,
 ) -> Restored:
     """Restore checkpoint ``step`` of ``run_dir``: a step number, ``"latest"`` (or None),
     or ``"best"`` (the lowest validation perplexity recorded with a save).
@@ -356,9 +378,11 @@ def restore(
     ``sharding`` places each restored array: a ``jax.sharding.Sharding`` for all, a
     function ``(key_path, shape) -> Sharding`` whose key path runs from the root of
     ``{"params": params, "train": {"opt_state", "step", "hidden", "key"}}``, or a pytree
-    prefix of that dict with a ``Sharding`` at each leaf. The default puts everything on
-    ``jax.devices()[0]``. The saved layout does not matter: a checkpoint written from a
-    4-device mesh restores onto one device or any other mesh.
+    prefix of that dict with a ``Sharding`` at each leaf. ``mesh`` instead places the state
+    as a run on that mesh holds it (``parallel.state_shardings``: the hidden state split
+    by rows, the rest replicated). The default puts everything on ``jax.devices()[0]``.
+    The saved layout does not matter: a checkpoint written from a 4-device mesh restores
+    onto one device or any other mesh.
 
     When the step picked (latest or best) disappears or fails to read while a training
     process saves and deletes steps, the newest remaining step is tried instead, up to
@@ -370,7 +394,14 @@ def restore(
             chosen = _pick_step(manager, run_dir, step)
             try:
                 return _restore_step(
-                    manager, run_dir, chosen, expect_model, expect_vocab, for_training, sharding
+                    manager,
+                    run_dir,
+                    chosen,
+                    expect_model,
+                    expect_vocab,
+                    for_training,
+                    sharding,
+                    mesh,
                 )
             except DamagedCheckpointError as err:
                 damage = err
@@ -447,9 +478,56 @@ def _restore_step(
     expect_vocab: Vocab | None,
     for_training: bool,
     sharding: ShardingSpec | None,
+    mesh: Mesh | None = None,
 ) -> Restored:
+    """``restore`` of one chosen step: layout, metadata, expectations, checksums, arrays."""
     _check_layout(run_dir, step)
     meta = _read_json(manager, run_dir, step, "meta")
+    fmt, model_config, train_config, vocab, spec, epoch = _decode_meta(meta, run_dir, step)
+    if expect_model is not None:
+        _compare("model", to_dict(model_config), to_dict(expect_model))
+    if expect_vocab is not None and vocab != expect_vocab:
+        _compare("vocab", {"tokens": vocab.idx_to_token}, {"tokens": expect_vocab.idx_to_token})
+    if for_training and fmt == 1:
+        raise NotResumableError(
+            f"checkpoint step {step} of {run_dir} has format 1, from before the optimizer "
+            "state held its hyperparameters: it can be evaluated and sampled, not resumed"
+        )
+    abstract = _abstract_state(model_config, train_config)
+    abstract_items = _items(abstract, jax.eval_shape(jax.random.key_data, abstract.key))
+    _compare("params", spec, params_spec(abstract_items["params"]))
+    recorded = _recorded_checksums(manager, run_dir, step, meta) if fmt >= 2 else None
+    if mesh is not None:  # as a run on ``mesh`` holds its state
+        shardings = parallel.state_shardings(abstract, mesh)
+        sharding = _items(shardings, shardings.key)
+    placed = _placed(abstract_items, sharding)
+    names = ("params", "train") if for_training else ("params",)
+    items = {}
+    for name in names:
+        tree = _read_item(manager, run_dir, step, name, ocp.args.StandardRestore(placed[name]))
+        if recorded is not None:
+            _verify_arrays(run_dir, step, name, tree, recorded[name])
+        items[name] = tree
+    return Restored(
+        step=step,
+        epoch=epoch,
+        model_config=model_config,
+        train_config=train_config,
+        vocab=vocab,
+        params=items["params"],
+        state=_state(items) if for_training else None,
+        corpus=meta.get("corpus"),
+        extra=meta.get("extra") or {},
+        metrics=meta.get("metrics") or {},
+        verified=recorded is not None,
+    )
+
+
+def _decode_meta(
+    meta: Any, run_dir: Path, step: int
+) -> tuple[int, ModelConfig, TrainConfig, Vocab, dict[str, Any], int]:
+    """The format, configs, vocabulary, parameter spec and epoch a checkpoint's ``meta``
+    records, checked."""
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if fmt not in READABLE_FORMATS:
         if isinstance(fmt, int) and fmt > FORMAT:
@@ -462,81 +540,38 @@ def _restore_step(
         model_config = _config(ModelConfig, "model", meta["model"], run_dir, step)
         train_config = _config(TrainConfig, "train", meta["train"], run_dir, step)
         vocab = Vocab.from_json(json.dumps(meta["vocab"]))
-        saved_spec = meta["params_spec"]
-        epoch = int(meta["epoch"])
+        spec, epoch = meta["params_spec"], int(meta["epoch"])
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, CheckpointError):
             raise
         raise DamagedCheckpointError(
             run_dir, step, "meta", f"meta is incomplete ({type(err).__name__}: {_line(err)})"
         ) from None
-    if expect_model is not None:
-        _compare("model", to_dict(model_config), to_dict(expect_model))
-    if expect_vocab is not None and vocab != expect_vocab:
-        _compare("vocab", {"tokens": vocab.idx_to_token}, {"tokens": expect_vocab.idx_to_token})
-    if for_training and fmt == 1:
-        raise NotResumableError(
-            f"checkpoint step {step} of {run_dir} has format 1, from before the optimizer "
-            "state held its hyperparameters: it can be evaluated and sampled, not resumed"
-        )
+    return fmt, model_config, train_config, vocab, spec, epoch
+
+
+def _abstract_state(model_config: ModelConfig, train_config: TrainConfig) -> TrainState:
+    """The shapes and dtypes of the train state a checkpoint of these configs holds."""
     # The optimizer state's shape does not depend on the step budget: any valid one does.
     optimizer = make_optimizer(train_config, total_steps=train_config.warmup_steps + 1)
     B = train_config.batch_size
-    state = jax.eval_shape(lambda: init_train_state(model_config, optimizer, B, jax.random.key(0)))
-    abstract = {
-        "params": state.params,
-        "train": {
-            "opt_state": state.opt_state,
-            "step": state.step,
-            "hidden": state.hidden,
-            "key": jax.eval_shape(jax.random.key_data, state.key),
-        },
-    }
-    _compare("params", saved_spec, params_spec(abstract["params"]))
+    return jax.eval_shape(lambda: init_train_state(model_config, optimizer, B, jax.random.key(0)))
 
-    integrity = None
-    if fmt >= 2:
-        integrity = _read_json(manager, run_dir, step, "integrity")
-        try:
-            meta_ok = integrity["meta"] == _json_digest(meta)
-            recorded = {name: integrity["arrays"][name] for name in ("params", "train")}
-        except (KeyError, TypeError) as err:
-            problem = f"integrity is incomplete ({type(err).__name__}: {_line(err)})"
-            raise DamagedCheckpointError(run_dir, step, "integrity", problem) from None
-        if not meta_ok:
-            raise DamagedCheckpointError(run_dir, step, "meta", "meta checksum mismatch")
 
-    abstract = _placed(abstract, sharding)
-    names = ("params", "train") if for_training else ("params",)
-    restored = {}
-    for name in names:
-        tree = _read_item(manager, run_dir, step, name, ocp.args.StandardRestore(abstract[name]))
-        if integrity is not None:
-            _verify_arrays(run_dir, step, name, tree, recorded[name])
-        restored[name] = tree
-    state = None
-    if for_training:
-        train = restored["train"]
-        state = TrainState(
-            step=jnp.asarray(train["step"], jnp.int32),
-            params=restored["params"],
-            opt_state=train["opt_state"],
-            hidden=train["hidden"],
-            key=jax.random.wrap_key_data(jnp.asarray(train["key"])),
-        )
-    return Restored(
-        step=step,
-        epoch=epoch,
-        model_config=model_config,
-        train_config=train_config,
-        vocab=vocab,
-        params=restored["params"],
-        state=state,
-        corpus=meta.get("corpus"),
-        extra=meta.get("extra") or {},
-        metrics=meta.get("metrics") or {},
-        verified=integrity is not None,
-    )
+def _recorded_checksums(
+    manager: ocp.CheckpointManager, run_dir: Path, step: int, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """The array checksums of ``integrity``, once its checksum of ``meta`` matched."""
+    integrity = _read_json(manager, run_dir, step, "integrity")
+    try:
+        meta_ok = integrity["meta"] == _json_digest(meta)
+        recorded = {name: integrity["arrays"][name] for name in ("params", "train")}
+    except (KeyError, TypeError) as err:
+        problem = f"integrity is incomplete ({type(err).__name__}: {_line(err)})"
+        raise DamagedCheckpointError(run_dir, step, "integrity", problem) from None
+    if not meta_ok:
+        raise DamagedCheckpointError(run_dir, step, "meta", "meta checksum mismatch")
+    return recorded
 
 
 def _check_layout(run_dir: Path, step: int) -> None:
@@ -595,7 +630,7 @@ def _read_item(
     try:
         value = manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
     except Exception as err:  # Orbax, tensorstore and json raise all kinds
-        _silence_orphaned_reads()
+        quiet_orbax_unraisables()
         problem = f"{name} is unreadable ({type(err).__name__}: {_line(err)})"
         raise DamagedCheckpointError(run_dir, step, name, problem) from None
     if value is None:
@@ -603,22 +638,48 @@ def _read_item(
     return value
 
 
-def _silence_orphaned_reads() -> None:
-    """After a failed read Orbax closes its event loop while tensorstore still finishes
-    the reads of other leaves; each then reports "Event loop is closed" through
-    ``sys.unraisablehook`` (a traceback on stderr, possibly at exit). Drop exactly those,
-    passing every other unraisable exception on. Installed once, at the first failure."""
+def quiet_orbax_unraisables() -> None:
+    """Drop the tracebacks a failed read (or write) leaves behind, which the failure
+    itself already reports in one line: Orbax closes its event loop while TensorStore's
+    threads finish the item's other reads (writes), whose callbacks raise "Event loop is
+    closed", and the other leaves' read coroutines, failing too, are collected unawaited.
+    Both reach ``sys.unraisablehook`` (a traceback on stderr, possibly at exit); every
+    other unraisable exception is passed on. Installed once: at the first failed read,
+    or at start by the command line."""
     previous = sys.unraisablehook
-    if getattr(previous, "_rnn_jax_orphaned_reads", False):
+    if getattr(previous, "_rnn_jax_orbax", False):
         return
 
     def hook(unraisable: Any) -> None:
         value = unraisable.exc_value
-        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+        closed = isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+        code = getattr(unraisable.object, "cr_code", None)  # a read coroutine left behind
+        orphan = f"{os.sep}orbax{os.sep}" in getattr(code, "co_filename", "")
+        if not (closed or orphan):
             previous(unraisable)
 
-    hook._rnn_jax_orphaned_reads = True  # type: ignore[attr-defined]
+    hook._rnn_jax_orbax = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+
+
+def quiet_orbax_logs() -> None:
+    """Orbax logs a failed background write with its traceback, then re-raises the same
+    exception from ``wait_until_finished``, where the run reports it in one line; it logs
+    an unparsable ``_CHECKPOINT_METADATA``, which a restore reports as damage; and after a
+    failed save asyncio reports at garbage collection the other writes of that save that
+    failed too ("Task exception was never retrieved"). Drop those log records."""
+    absl.logging.get_absl_logger().addFilter(_not_orbax_failure)
+    logging.getLogger("asyncio").addFilter(_not_orbax_task)
+
+
+def _not_orbax_failure(record: logging.LogRecord) -> bool:
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+        return True
+    return not (record.exc_info or record.getMessage().startswith("Failed to json parse"))
+
+
+def _not_orbax_task(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.getMessage())
 
 
 def _read_json(manager: ocp.CheckpointManager, run_dir: Path, step: int, name: str) -> Any:
@@ -759,26 +820,3 @@ def finished_steps(run_dir: Path) -> list[int]:
 
 def has_checkpoints(run_dir: Path) -> bool:
     return bool(finished_steps(run_dir))
-
-
-def set_aside_after(run_dir: Path, step: int) -> tuple[list[int], Path | None]:
-    """Move the checkpoints after ``step`` (a run resumed from an earlier one) out of the
-    manager's way, into ``RUN_DIR/superseded-after-<step>/``, with the metrics they
-    logged: kept, never deleted by the resumed run, restorable with ``--checkpoint`` on
-    that folder. Returns the steps moved and the folder (None when nothing was later)."""
-    later = [s for s in finished_steps(run_dir) if s > step]
-    if not later:
-        return [], None
-    run_dir = Path(run_dir)
-    target = run_dir / f"superseded-after-{step}"
-    n = 1
-    while target.exists():
-        n += 1
-        target = run_dir / f"superseded-after-{step}-{n}"
-    (target / CHECKPOINTS).mkdir(parents=True)
-    for name in ("config.json", "metrics.jsonl", "samples.txt"):
-        if (run_dir / name).exists():
-            shutil.copy2(run_dir / name, target / name)
-    for s in later:
-        (checkpoint_dir(run_dir) / str(s)).rename(target / CHECKPOINTS / str(s))
-    return later, target

@@ -2,8 +2,10 @@
 
 The flags of ``train`` are derived from the frozen configs (``rnn_jax.config``: each
 field's type, default and help are written once there); ``--config FILE`` reads the same
-fields from a JSON or TOML file, and flags override it. The run's life cycle (folder,
-lock, resume, checks, saves, report) is ``rnn_jax.run``; this module only parses.
+fields from a JSON or TOML file, and flags override it. This module parses, calls the
+library (``rnn_jax.run`` for ``train``, ``rnn_jax.readers`` for the others) and turns
+the outcome into an exit status; it imports nothing that loads JAX before ``main``
+installed the signal handlers.
 
 Bad input gets one line on stderr and exit status 2 and changes nothing on disk; a run
 that fails (a NaN loss, a write that fails) exits 1 naming its last good checkpoint;
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import math
 import os
 import signal
@@ -22,6 +23,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+import absl.logging
+
+from rnn_jax.config import (
+    AUTO,
+    STRATEGIES,
+    ModelConfig,
+    RunConfig,
+    SamplingConfig,
+    TrainConfig,
+    field_type,
+    flag_name,
+)
+from rnn_jax.signals import SIGNALS, Interrupted, Signals
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -47,16 +62,8 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------- derived flags
 
 
-def flag_name(cls: type, name: str) -> str:
-    """The command-line flag of config field ``name`` (``--num-hiddens``)."""
-    field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return field.metadata.get("flag") or "--" + name.replace("_", "-")
-
-
 def parse_value(cls: type, name: str, text: str) -> Any:
     """One flag's text -> the field's value (``none`` for optional fields)."""
-    from rnn_jax.config import AUTO, field_type
-
     base, optional = field_type(cls, name)
     default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
     lowered = text.strip().lower()
@@ -83,8 +90,6 @@ def add_config_flags(
     Defaults are left out of the namespace (``SUPPRESS``), so what the user typed can be
     told from what the config supplies.
     """
-    from rnn_jax.config import field_type
-
     titles = {
         "ModelConfig": "model",
         "TrainConfig": "data, optimisation, budget",
@@ -134,15 +139,22 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rnn_jax.config import ModelConfig, RunConfig, TrainConfig
-    from rnn_jax.sample import STRATEGIES
-
+    """``rnn-jax`` and its four subcommands."""
     parser = _Parser(
         prog="rnn-jax",
         description="Train, evaluate, sample and inspect the book's recurrent language models.",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(commands)
+    _add_eval(commands)
+    _add_sample(commands)
+    info = commands.add_parser("info", help="a run's config and its checkpoints")
+    info.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run folder")
+    return parser
 
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    """``train``: where, seeds, hosts, then one flag per config field."""
     train = commands.add_parser(
         "train",
         help="train a model into a run folder",
@@ -191,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train, TrainConfig)
     add_config_flags(train, RunConfig)
 
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
     ev = commands.add_parser("eval", help="perplexity of a checkpoint on held-out text")
     ev.add_argument("--checkpoint", type=Path, required=True, metavar="RUN_DIR", help="run folder")
     ev.add_argument(
@@ -201,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-tokens", metavar="N", help="score only the first N tokens (default: all)"
     )
 
+
+def _add_sample(commands: argparse._SubParsersAction) -> None:
     sample = commands.add_parser("sample", help="continue prefixes with a checkpoint")
     sample.add_argument(
         "--checkpoint", type=Path, required=True, metavar="RUN_DIR", help="run folder"
@@ -242,10 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=str, default="0", help="PRNG seed of the sampling strategies (default: 0)"
     )
 
-    info = commands.add_parser("info", help="a run's config and its checkpoints")
-    info.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run folder")
-    return parser
-
 
 # ------------------------------------------------------------------------- small parsers
 
@@ -285,29 +297,27 @@ def checkpoint_step(text: str | None) -> int | str | None:
 # ------------------------------------------------------------------------- commands
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from rnn_jax import run
-    from rnn_jax.config import ModelConfig, RunConfig, TrainConfig
-
-    request = run.TrainRequest(
-        model=given(args, ModelConfig),
-        train=given(args, TrainConfig),
-        run=given(args, RunConfig),
-        config_file=args.config,
-        out=args.out,
-        resume=args.resume,
-        resume_step=checkpoint_step(args.step),
-        progress=False if args.no_progress else None,
-        seeds=_seeds(args.seeds),
-        sweep_mode=args.sweep,
-        coordinator=args.coordinator,
-        num_processes=integer("--num-processes", args.num_processes, 1),
-        process_id=integer("--process-id", args.process_id, 0),
-        distributed_timeout=integer("--distributed-timeout", args.distributed_timeout, 1),
-    )
+def train_request(args: argparse.Namespace) -> dict[str, Any]:
+    """``rnn-jax train``'s flags as the fields of a ``run.TrainRequest``."""
+    fields = {
+        "model": given(args, ModelConfig),
+        "train": given(args, TrainConfig),
+        "run": given(args, RunConfig),
+        "config_file": args.config,
+        "out": args.out,
+        "resume": args.resume,
+        "resume_step": checkpoint_step(args.step),
+        "progress": False if args.no_progress else None,
+        "seeds": _seeds(args.seeds),
+        "sweep_mode": args.sweep,
+        "coordinator": args.coordinator,
+        "num_processes": integer("--num-processes", args.num_processes, 1),
+        "process_id": integer("--process-id", args.process_id, 0),
+        "distributed_timeout": integer("--distributed-timeout", args.distributed_timeout, 1),
+    }
     if args.step is not None and args.resume is None:
         raise UsageError("--step goes with --resume RUN_DIR")
-    return run.train_from_request(request, args.signals)
+    return fields
 
 
 def _seeds(text: str | None) -> tuple[int, ...] | None:
@@ -322,21 +332,17 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
     return seeds  # type: ignore[return-value]
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from rnn_jax import run
-
-    return run.evaluate_checkpoint(
-        args.checkpoint,
-        step=checkpoint_step(args.step),
-        corpus=args.corpus,
-        eval_tokens=integer("--eval-tokens", args.eval_tokens, 2),
-    )
+def eval_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``rnn-jax eval``'s flags as ``readers.evaluate_checkpoint``'s arguments."""
+    return {
+        "step": checkpoint_step(args.step),
+        "corpus": args.corpus,
+        "eval_tokens": integer("--eval-tokens", args.eval_tokens, 2),
+    }
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from rnn_jax import run
-    from rnn_jax.sample import SamplingConfig
-
+def sample_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``rnn-jax sample``'s flags as ``readers.sample_checkpoint``'s arguments."""
     num_chars = integer("--num-chars", args.num_chars, 1, 10**7)
     stochastic = args.strategy in ("temperature", "top-k", "top-p")
     applies = {
@@ -363,54 +369,54 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
-    return run.sample_checkpoint(
-        args.checkpoint,
-        prefixes=args.prefix,
-        num_preds=num_chars,
-        step=checkpoint_step(args.step),
-        sampling=sampling,
-        seed=integer("--seed", args.seed, 0, 2**32 - 1),
-    )
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    from rnn_jax import run
-
-    print(run.describe(args.run_dir))
-    return 0
+    return {
+        "prefixes": args.prefix,
+        "num_preds": num_chars,
+        "step": checkpoint_step(args.step),
+        "sampling": sampling,
+        "seed": integer("--seed", args.seed, 0, 2**32 - 1),
+    }
 
 
 # ------------------------------------------------------------------------- entry point
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, call, and return the exit status (module docstring)."""
     argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     signals = None
     if argv_given is None and argv[:1] == ["train"]:
-        from rnn_jax.run import Signals  # before JAX is imported: a signal is never lost
-
-        signals = Signals().__enter__()
+        signals = Signals().__enter__()  # first: a signal from here on is never lost
     try:
         args = build_parser().parse_args(argv)
     except UsageError as err:
         print(f"rnn-jax: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    args.signals = signals
-    _quiet_logs()
-    from rnn_jax.checkpoint import CheckpointError
-    from rnn_jax.run import Interrupted, RunError
+    # The one late import: the library loads JAX, which must start after the signal
+    # handlers above, so that a signal during its start-up is noted, not lost.
+    from rnn_jax import checkpoint, readers, run
 
-    commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "info": cmd_info}
+    absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax and JAX log INFO and WARNING
+    checkpoint.quiet_orbax_logs()
+    checkpoint.quiet_orbax_unraisables()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        return commands[args.command](args)
+        if args.command == "train":
+            return run.train_from_request(run.TrainRequest(**train_request(args)), signals)
+        if args.command == "eval":
+            return readers.evaluate_checkpoint(args.checkpoint, **eval_options(args))
+        if args.command == "sample":
+            return readers.sample_checkpoint(args.checkpoint, **sample_options(args))
+        print(readers.describe(args.run_dir))
+        return 0
     except Interrupted as err:
         print(f"rnn-jax: {err}", file=sys.stderr)
         return 128 + err.signum
-    except RunError as err:
+    except run.RunError as err:
         print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    except (UsageError, CheckpointError, ValueError, OSError) as err:
+    except (ValueError, OSError) as err:  # UsageError, CheckpointError and the library's
         print(f"rnn-jax: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except MemoryError:
@@ -421,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGINT
     finally:
         if argv_given is None:  # this process's command is done (and saved): it only exits
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for signum in SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
 
 
@@ -430,52 +436,6 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename and err.strerror:
         text = f"{err.strerror}: {err.filename}"
     return " ".join(text.split())
-
-
-def _quiet_logs() -> None:
-    """Orbax and JAX log through absl at INFO/WARNING; a CLI user needs only errors."""
-    import absl.logging
-
-    absl.logging.set_verbosity(absl.logging.ERROR)
-    absl.logging.get_absl_logger().addFilter(_drop_orbax_background_errors)
-    logging.getLogger("asyncio").addFilter(_drop_orbax_orphaned_tasks)
-    _drop_closed_loop_callbacks()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _drop_orbax_background_errors(record: logging.LogRecord) -> bool:
-    """Orbax logs a failed background write with its traceback, then re-raises the same
-    exception from ``wait_until_finished``, where the run reports it in one line; and it
-    logs an unparsable ``_CHECKPOINT_METADATA``, which the restore reports as damage."""
-    if f"{os.sep}orbax{os.sep}" not in record.pathname:
-        return True
-    return not (record.exc_info or record.getMessage().startswith("Failed to json parse"))
-
-
-def _drop_orbax_orphaned_tasks(record: logging.LogRecord) -> bool:
-    """After a failed save, asyncio reports at garbage collection the other writes of
-    that save that failed too ("Task exception was never retrieved"): already reported."""
-    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.getMessage())
-
-
-def _drop_closed_loop_callbacks() -> None:
-    """After a failed read (write) Orbax closes its event loop while TensorStore's threads
-    finish the item's other reads (writes); their callbacks raise "Event loop is closed",
-    and the other leaves' read coroutines, failing too, are collected unawaited: both
-    reach ``sys.unraisablehook`` (a traceback on stderr), possibly before the failure
-    reaches ``checkpoint``'s own filter. The failure itself is reported in one line, so
-    from the start drop exactly those and pass every other one on."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        value = unraisable.exc_value
-        closed = isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
-        code = getattr(unraisable.object, "cr_code", None)  # a read coroutine left behind
-        orphan = f"{os.sep}orbax{os.sep}" in getattr(code, "co_filename", "")
-        if not (closed or orphan):
-            previous(unraisable)
-
-    sys.unraisablehook = hook
 
 
 if __name__ == "__main__":

@@ -31,15 +31,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rnn_jax.data import PARTITIONS, TOKEN_KINDS
 from rnn_jax.data import PREPROCESS as PREPROCESSING
+from rnn_jax.data import TOKEN_KINDS
 
-CELLS = ("rnn", "gru", "lstm")
+# The cells, each with its gate blocks in the order their weights are fused: the one
+# table of cells. ``rnn_jax.cells`` implements each under the same name (a test holds the
+# two equal), so a new cell is its functions there and a line here.
+GATES: dict[str, tuple[str, ...]] = {
+    "rnn": ("h",),  # D2L 9.5
+    "gru": ("z", "r", "h"),  # D2L 10.2: update, reset, candidate
+    "lstm": ("i", "f", "o", "c"),  # D2L 10.1: input, forget, output, candidate cell
+}
+CELLS = tuple(GATES)
 NONLINEARITIES = ("tanh", "relu")  # of the rnn cell
 INITS = ("normal", "uniform")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup-cosine", "linear")
+PARTITIONS = ("random", "sequential")  # D2L 9.3.3's two ways of cutting a corpus into minibatches
+STRATEGIES = ("greedy", "temperature", "top-k", "top-p", "beam")  # how a sampler picks tokens
 
 AUTO = "auto"  # a default resolved from the other fields when the config is made
 BOOK_MAX_TOKENS = 10_000  # the book's truncation of the Time Machine
@@ -111,6 +121,11 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.nonlinearity != "tanh" and self.cell != "rnn":
             raise ValueError(f"nonlinearity applies to the rnn cell only, not {self.cell!r}")
+
+    @property
+    def num_gates(self) -> int:
+        """G, the cell's gate blocks: each has its ``W_x``, ``W_h`` and ``b``."""
+        return len(GATES[self.cell])
 
 
 @dataclass(frozen=True)
@@ -268,7 +283,42 @@ class RunConfig:
         _positive(self, "devices", optional=True)
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How ``rnn_jax.sample`` picks each generated token."""
+
+    strategy: str = "greedy"  # one of STRATEGIES
+    temperature: float = 1.0  # divides the logits of temperature/top-k/top-p; -> 0 is greedy
+    top_k: int | None = None  # top-k: sample among the k most likely tokens
+    top_p: float | None = None  # top-p: sample among the most likely tokens of mass p
+    beam_size: int = 4  # beam: continuations kept at each step (1 is greedy)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.top_k is not None and (_not_int(self.top_k) or self.top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if _not_int(self.beam_size) or self.beam_size < 1:
+            raise ValueError(f"beam_size must be an integer >= 1, got {self.beam_size!r}")
+        if self.strategy == "top-k" and self.top_k is None:
+            raise ValueError("strategy 'top-k' needs top_k")
+        if self.strategy == "top-p" and self.top_p is None:
+            raise ValueError("strategy 'top-p' needs top_p")
+
+    @property
+    def stochastic(self) -> bool:
+        return self.strategy in ("temperature", "top-k", "top-p")
+
+
 # --------------------------------------------------------------------------- checks
+
+
+def _not_int(value: object) -> bool:
+    return not isinstance(value, int) or isinstance(value, bool)
 
 
 def _is_real(value: Any) -> bool:
@@ -349,6 +399,12 @@ def load_file(path: str | Path) -> dict[str, dict[str, Any]]:
     if unknown:
         raise ValueError(f"config file {path}: unknown section {unknown[0]!r}")
     return sections
+
+
+def flag_name(cls: type, name: str) -> str:
+    """The command-line flag of config field ``name`` (``--num-hiddens``)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.metadata.get("flag") or "--" + name.replace("_", "-")
 
 
 def field_type(cls: type, name: str) -> tuple[type, bool]:

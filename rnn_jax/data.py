@@ -1,12 +1,10 @@
-"""Text -> tokens -> vocabulary -> minibatches (D2L sections 9.2 and 9.3).
+"""Text -> tokens -> vocabulary (D2L sections 9.2 and 9.3): reading a file, the book's
+or the raw preprocessing, char and word tokens, ``Vocab``, and a whole corpus as a token
+array (``load_text_corpus``, through the token cache of ``rnn_jax.cache``).
 
-Shape legend: N corpus length, B batch_size, T num_steps, K minibatches per epoch.
+Shape legend: N corpus length.
 
-Everything here is NumPy on the host. A minibatch is a pair ``(X, Y)`` of int32
-arrays of shape ``(B, T)`` where ``Y`` holds the token that follows each token of
-``X``. The batch axis is always the leading one, so it can be split over devices.
-
-Preprocessing (``preprocess=``):
+Everything here is NumPy on the host. Preprocessing (``preprocess=``):
 
 * ``"book"``: the book's cleaning, every run of characters outside ``A-Za-z`` becomes
   one space, then lowercase (the Time Machine: 173,428 char tokens, 28 entries);
@@ -15,23 +13,19 @@ Preprocessing (``preprocess=``):
   whitespace with ``str.split()``'s rule (runs of Unicode whitespace, none empty).
 
 A token array is 1-D of the smallest unsigned dtype that holds the vocabulary
-(uint8, uint16 or uint32), possibly a read-only memmap from the cache (``_Cache``);
-every batch builder returns int32. ``epoch_batches``/``eval_batches`` materialise an
-epoch ``(K, B, T)``; ``epoch_plan``/``eval_plan`` build the same minibatches one at a
-time from an index plan (the reference and its fast path, held equal by the tests).
+(uint8, uint16 or uint32), possibly a read-only memmap from the cache. Minibatches are
+built from it by ``rnn_jax.input_pipeline``.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import itertools
 import json
 import os
 import re
 import stat
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,14 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from rnn_jax.cache import entry_key, open_cache, stat_key
+
 TIME_MACHINE = "timemachine.txt"
 TOKEN_KINDS = ("char", "word")
-PARTITIONS = ("random", "sequential")
 PREPROCESS = ("book", "raw")
 UNK = "<unk>"
-CACHE_VERSION = 1  # bump when the tokenisation or the cache layout changes
 _CHUNK = 1 << 22  # code points (or characters) handled at once: bounds the temporaries
-_RACY_NS = 2_000_000_000  # a file modified this recently is rehashed on every load
 
 
 # --------------------------------------------------------------------------- text
@@ -279,6 +272,19 @@ def encode(text: str, vocab: Vocab, token: str = "char", preprocess: str = "book
     return np.asarray(vocab[tokens], dtype=np.int32)
 
 
+def encode_prefixes(
+    prefixes: list[str], vocab: Vocab, token: str = "char", preprocess: str = "book"
+) -> list[np.ndarray]:
+    """Prefixes -> one int32 ``(P_i,)`` array each (lengths may differ); refuses unknown
+    tokens (``encode``'s rules for ``preprocess``) and empty prefixes."""
+    if not prefixes:
+        raise ValueError("need at least one prefix")
+    encoded = [encode(p, vocab, token, preprocess) for p in prefixes]
+    if any(len(e) == 0 for e in encoded):
+        raise ValueError("a prefix must hold at least one token")
+    return encoded
+
+
 def decode(ids: Iterable[int], vocab: Vocab, token: str = "char") -> str:
     """Ids -> text: char tokens joined as they are (raw newlines stay newlines), words
     joined with single spaces."""
@@ -396,10 +402,6 @@ class Corpus:
     cached: bool  # True when the tokens came from the cache
     note: str = ""  # what preprocessing kept, for error messages
 
-    def check_batch_sizes(self, num_tokens: int, batch_size: int, num_steps: int) -> None:
-        """``check_batch_sizes`` with a too-short error that says what preprocessing kept."""
-        check_batch_sizes(num_tokens, batch_size, num_steps, note=self.note)
-
 
 def _note(mode: str, token: str, num_chars: int, kept_letters: int, kept: int) -> str:
     if mode == "book":
@@ -408,143 +410,6 @@ def _note(mode: str, token: str, num_chars: int, kept_letters: int, kept: int) -
             f"characters remained; use preprocess='raw'"
         )
     return f"raw preprocessing kept all {num_chars:,} characters as {kept:,} {token} tokens"
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/rnn_jax``, else ``~/.cache/rnn_jax``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rnn_jax"
-
-
-def corpus_fingerprint(path: str | Path | None = None) -> dict[str, Any]:
-    """``{"sha256", "size"}`` of the bytes of ``path`` (streamed; the shipped corpus when
-    None)."""
-    if path is None:
-        raw = _read_bytes(None)
-        return {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
-    _regular_file(Path(path))
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-            size += len(block)
-    return {"sha256": digest.hexdigest(), "size": size}
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:40]
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(file)`` into a temp file beside ``path``, fsync, then ``os.replace``: a
-    reader sees the old file or the whole new one, and concurrent writers do not clash."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _stat_key(st: os.stat_result) -> list[int]:
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
-
-
-class _Cache:
-    """The token cache: per corpus and options, ``<key>.npy`` (the ids) and ``<key>.json``
-    (vocabulary, counts, and the sha256 of the ``.npy`` file, verified on every load).
-
-    The key is a hash of the corpus's sha256 and size, ``preprocess``, ``token``,
-    ``min_freq`` and ``CACHE_VERSION``. Hashing the corpus costs a full read, so
-    ``files/<hash of the path>.json`` remembers the sha256 against the file's
-    ``(size, mtime_ns, inode, device)``; a load whose stat matches skips the hashing. A
-    file modified within ``_RACY_NS`` of being hashed is rehashed every time (the
-    "racy git" rule: a file system's coarse clock could give a later edit of the same
-    size the same mtime).
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        (folder / "files").mkdir(parents=True, exist_ok=True)
-
-    def _stat_file(self, path: Path) -> Path:
-        return self.folder / "files" / f"{_digest(str(path.resolve()))}.json"
-
-    def known_sha256(self, path: Path, st: os.stat_result) -> str | None:
-        try:
-            entry = json.loads(self._stat_file(path).read_text("utf-8"))
-        except (OSError, ValueError):
-            return None
-        if entry.get("stat") != _stat_key(st):
-            return None
-        if st.st_mtime_ns >= entry.get("hashed_at_ns", 0) - _RACY_NS:
-            return None
-        return entry.get("sha256")
-
-    def remember_sha256(self, path: Path, st: os.stat_result, sha256: str, at_ns: int) -> None:
-        entry = {"path": str(path.resolve()), "stat": _stat_key(st), "sha256": sha256}
-        entry["hashed_at_ns"] = at_ns
-        _write_atomic(self._stat_file(path), lambda f: f.write(json.dumps(entry).encode()))
-
-    def paths(self, key: str) -> tuple[Path, Path]:
-        return self.folder / f"{key}.npy", self.folder / f"{key}.json"
-
-    def load(self, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
-        """The entry's ids (a read-only memmap) and metadata; ``None`` when absent, and
-        ``None`` after deleting it when it is corrupt or truncated."""
-        npy, meta_path = self.paths(key)
-        if not meta_path.exists():
-            return None
-        try:
-            meta = json.loads(meta_path.read_text("utf-8"))
-            digest = hashlib.sha256()
-            with open(npy, "rb") as f:
-                while block := f.read(1 << 24):
-                    digest.update(block)
-            if meta["version"] != CACHE_VERSION or digest.hexdigest() != meta["tokens_sha256"]:
-                raise ValueError("checksum mismatch")
-            tokens = np.load(npy, mmap_mode="r")
-            if tokens.shape != (meta["kept"],) or tokens.dtype != np.dtype(meta["dtype"]):
-                raise ValueError("shape or dtype mismatch")
-        except (OSError, ValueError, KeyError, TypeError):
-            for p in (npy, meta_path):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            return None
-        return tokens, meta
-
-    def store(self, key: str, tokens: np.ndarray, meta: dict[str, Any]) -> None:
-        npy, meta_path = self.paths(key)
-        digest = hashlib.sha256()
-
-        def write_tokens(f):
-            np.lib.format.write_array(_HashingWriter(f, digest), tokens, allow_pickle=False)
-
-        _write_atomic(npy, write_tokens)
-        meta = {**meta, "tokens_sha256": digest.hexdigest(), "version": CACHE_VERSION}
-        _write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
-
-
-class _HashingWriter:
-    """A write-only file that also feeds what it writes to a hash."""
-
-    def __init__(self, f, digest) -> None:
-        self.f, self.digest = f, digest
-
-    def write(self, b) -> int:
-        self.digest.update(b)
-        return self.f.write(b)
-
-
-def _cache_for(cache_dir: str | Path | bool | None) -> _Cache | None:
-    if cache_dir is None or cache_dir is False:
-        return None
-    return _Cache(default_cache_dir() if cache_dir is True else Path(cache_dir))
 
 
 def load_text_corpus(
@@ -561,9 +426,9 @@ def load_text_corpus(
 
     The vocabulary is built from the whole text before truncation to ``max_tokens``, as
     in the book. ``cache_dir``: a folder for the token cache, ``True`` for
-    ``default_cache_dir()``, ``None``/``False`` for no cache (the shipped corpus is
+    ``cache.default_cache_dir()``, ``None``/``False`` for no cache (the shipped corpus is
     never cached: it tokenises in milliseconds). A cached corpus comes back as a
-    read-only memmap; see ``_Cache`` for how entries are keyed and verified.
+    read-only memmap; ``rnn_jax.cache`` says how entries are keyed and verified.
     """
     _check_token(token)
     _check_preprocess(preprocess)
@@ -572,46 +437,51 @@ def load_text_corpus(
     if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 0:
         raise ValueError(f"min_freq must be a non-negative integer, got {min_freq!r}")
     options = {"preprocess": preprocess, "token": token, "min_freq": min_freq}
-    cache = None if path is None else _cache_for(cache_dir)
+    cache = None if path is None else open_cache(cache_dir)
     st = None if path is None else _regular_file(Path(path))
-
-    def finish(tokens, vocab, meta, cached):
-        return Corpus(
-            tokens=tokens if max_tokens is None else tokens[:max_tokens],
-            vocab=vocab,
-            num_chars=meta["num_chars"],
-            preprocess=preprocess,
-            token=token,
-            fingerprint=meta["fingerprint"],
-            kept=meta["kept"],
-            cached=cached,
-            note=meta["note"],
-        )
 
     # With a cache, the corpus's sha256 comes from the stat record when it can (no
     # read), else from reading the file; either finds the entry.
-    raw = None
+    raw, hashed_at = None, 0
     sha256 = None if cache is None else cache.known_sha256(Path(path), st)
     if sha256 is None:
-        hashed_at = time.time_ns()
-        raw = _read_bytes(path)
+        hashed_at, raw = time.time_ns(), _read_bytes(path)
         sha256 = hashlib.sha256(raw).hexdigest()
     fingerprint = {"sha256": sha256, "size": st.st_size if raw is None else len(raw)}
-    key = _digest({**fingerprint, **options, "v": CACHE_VERSION})
-    hit = None if cache is None else cache.load(key)
+    hit = None if cache is None else cache.load(entry_key(fingerprint, options))
     if hit is not None:
-        if raw is not None and _stat_key(os.stat(path)) == _stat_key(st):
+        if raw is not None and _unchanged(path, st):
             cache.remember_sha256(Path(path), st, sha256, hashed_at)
-        return finish(hit[0], Vocab.from_json(hit[1]["vocab"]), hit[1], True)
+        tokens, meta = hit
+        return _corpus(tokens, Vocab.from_json(meta["vocab"]), meta, True, max_tokens)
     if raw is None:  # the stat record was right but the entry is gone: read after all
-        hashed_at = time.time_ns()
-        raw = _read_bytes(path)
+        hashed_at, raw = time.time_ns(), _read_bytes(path)
         fingerprint = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
-        key = _digest({**fingerprint, **options, "v": CACHE_VERSION})
+    tokens, vocab, meta = _tokenize_file(raw, path, fingerprint, options)
+    if cache is not None:
+        try:
+            cache.store(entry_key(fingerprint, options), tokens, meta)
+            if _unchanged(path, st):  # unchanged while it was read
+                cache.remember_sha256(Path(path), st, fingerprint["sha256"], hashed_at)
+        except OSError as err:  # a full or read-only disk costs the cache, not the load
+            warnings.warn(f"could not write the token cache in {cache.folder}: {err}", stacklevel=2)
+    return _corpus(tokens, vocab, meta, False, max_tokens)
+
+
+def _unchanged(path: str | Path, st: os.stat_result) -> bool:
+    return stat_key(os.stat(path)) == stat_key(st)
+
+
+def _tokenize_file(
+    raw: bytes, path: str | Path | None, fingerprint: dict[str, Any], options: dict[str, Any]
+) -> tuple[np.ndarray, Vocab, dict[str, Any]]:
+    """The bytes of a corpus -> ``(tokens, vocab, meta)``, ``meta`` what the cache keeps
+    beside the tokens. Refuses a text the book's preprocessing leaves no letter of."""
+    preprocess, token = options["preprocess"], options["token"]
     text = _decode(raw, "the shipped corpus" if path is None else path)
     del raw
     tokenize_ = _tokenize_chars if token == "char" else _tokenize_words
-    tokens, vocab = tokenize_(text, preprocess, min_freq)
+    tokens, vocab = tokenize_(text, preprocess, options["min_freq"])
     num_chars = len(text)
     del text
     letters = 0
@@ -633,14 +503,24 @@ def load_text_corpus(
         "options": options,
         "vocab": vocab.to_json(),
     }
-    if cache is not None:
-        try:
-            cache.store(key, tokens, meta)
-            if _stat_key(os.stat(path)) == _stat_key(st):  # unchanged while it was read
-                cache.remember_sha256(Path(path), st, fingerprint["sha256"], hashed_at)
-        except OSError as err:  # a full or read-only disk costs the cache, not the load
-            warnings.warn(f"could not write the token cache in {cache.folder}: {err}", stacklevel=2)
-    return finish(tokens, vocab, meta, False)
+    return tokens, vocab, meta
+
+
+def _corpus(
+    tokens: np.ndarray, vocab: Vocab, meta: dict[str, Any], cached: bool, max_tokens: int | None
+) -> Corpus:
+    options = meta["options"]
+    return Corpus(
+        tokens=tokens if max_tokens is None else tokens[:max_tokens],
+        vocab=vocab,
+        num_chars=meta["num_chars"],
+        preprocess=options["preprocess"],
+        token=options["token"],
+        fingerprint=meta["fingerprint"],
+        kept=meta["kept"],
+        cached=cached,
+        note=meta["note"],
+    )
 
 
 def load_corpus(
@@ -665,261 +545,19 @@ def load_corpus(
     return corpus.tokens, corpus.vocab
 
 
-# --------------------------------------------------------------------------- splits
-
-
-def train_val_split(corpus: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out the tail ``val_fraction`` of the corpus; ``0`` gives an empty validation set."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    num_val = int(len(corpus) * val_fraction)
-    cut = len(corpus) - num_val
-    return corpus[:cut], corpus[cut:]
-
-
-# --------------------------------------------------------------------------- partitions
-
-
-def check_batch_sizes(num_tokens: int, batch_size: int, num_steps: int, note: str = "") -> None:
-    """Refuse non-positive sizes, and a corpus shorter than one ``B x T`` minibatch (+1).
-
-    ``note`` (e.g. ``Corpus.note``: what preprocessing kept) is added to the too-short
-    error.
-    """
-    if batch_size <= 0 or num_steps <= 0:
-        raise ValueError(
-            f"batch_size and num_steps must be positive, got {batch_size} and {num_steps}"
-        )
-    # The random offset can use up to num_steps - 1 tokens; both partitions then need
-    # B * T inputs and one more target.
-    need = batch_size * num_steps + num_steps
-    if num_tokens < need:
-        raise ValueError(
-            f"corpus has {num_tokens} tokens, too short for one minibatch of batch_size "
-            f"{batch_size} x num_steps {num_steps} (needs at least {need})"
-            + (f"; {note}" if note else "")
-        )
-
-
-def batches_per_epoch(num_tokens: int, batch_size: int, num_steps: int) -> int:
-    """K, the same for every epoch and both partitions (whatever the random offset);
-    ``loop.batches_per_epoch``."""
-    return (num_tokens - num_steps) // (batch_size * num_steps)
-
-
-def _random_starts(num_tokens: int, num_steps: int, rng: np.random.Generator) -> np.ndarray:
-    """The random partition's shuffled window starts, flat; the draws of ``random_batches``."""
-    offset = int(rng.integers(0, num_steps))
-    num_subseqs = (num_tokens - offset - 1) // num_steps
-    return offset + num_steps * rng.permutation(num_subseqs)
-
-
-def random_batches(
-    corpus: np.ndarray, batch_size: int, num_steps: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch of the book's random partition as stacked int32 arrays ``(K, B, T)``.
-
-    A random offset in ``[0, T)`` is dropped, the rest is cut into length-``T``
-    subsequences, and those are shuffled into minibatches. Adjacent minibatches do not
-    continue each other, so each starts from a zero hidden state.
-    """
-    check_batch_sizes(len(corpus), batch_size, num_steps)
-    starts = _random_starts(len(corpus), num_steps, rng)
-    num_batches = len(starts) // batch_size
-    starts = starts[: num_batches * batch_size].reshape(num_batches, batch_size)
-    window = starts[..., None] + np.arange(num_steps)
-    return corpus[window].astype(np.int32), corpus[window + 1].astype(np.int32)
-
-
-def sequential_batches(
-    corpus: np.ndarray, batch_size: int, num_steps: int, offset: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch of the book's sequential partition as stacked int32 arrays ``(K, B, T)``.
-
-    The corpus (after ``offset`` tokens) is cut into ``B`` parallel streams; minibatch
-    ``k`` holds the columns ``[k T, (k + 1) T)`` of each stream, so row ``b`` of
-    minibatch ``k + 1`` continues row ``b`` of minibatch ``k`` and a hidden state can be
-    carried across them.
-    """
-    check_batch_sizes(len(corpus), batch_size, num_steps)
-    if not 0 <= offset < num_steps:
-        raise ValueError(f"offset must be in [0, num_steps), got {offset}")
-    return _parallel_streams(corpus[offset:], batch_size, num_steps)
-
-
-def _parallel_streams(
-    corpus: np.ndarray, batch_size: int, num_steps: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cut ``corpus`` into ``B`` streams and those into consecutive ``(K, B, T)`` windows."""
-    num_tokens = ((len(corpus) - 1) // batch_size) * batch_size
-    Xs = corpus[:num_tokens].reshape(batch_size, -1)
-    Ys = corpus[1 : num_tokens + 1].reshape(batch_size, -1)
-    num_batches = Xs.shape[1] // num_steps
-    shape = (batch_size, num_batches, num_steps)
-    Xs = Xs[:, : num_batches * num_steps].reshape(shape).transpose(1, 0, 2)
-    Ys = Ys[:, : num_batches * num_steps].reshape(shape).transpose(1, 0, 2)
-    return Xs.astype(np.int32), Ys.astype(np.int32)
-
-
-def epoch_batches(
-    corpus: np.ndarray,
-    batch_size: int,
-    num_steps: int,
-    partition: str,
-    seed: int,
-    epoch: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The minibatches of ``epoch`` as int32 ``(K, B, T)`` arrays, a pure function of
-    ``(seed, epoch)`` so that a resumed run sees exactly the batches it would have.
-
-    This materialises the whole epoch; ``EpochPlan`` builds the same batches one at a
-    time (this is its reference)."""
-    rng = np.random.default_rng([seed, epoch])
-    if partition == "random":
-        return random_batches(corpus, batch_size, num_steps, rng)
-    if partition == "sequential":
-        return sequential_batches(corpus, batch_size, num_steps, int(rng.integers(0, num_steps)))
-    raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
-
-
-def iterate(Xs: np.ndarray, Ys: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield the ``(X, Y)`` minibatches of stacked ``(K, B, T)`` arrays, as the book's
-    iterators do."""
-    yield from zip(Xs, Ys, strict=True)
-
-
-def _eval_sizes(num_tokens: int, batch_size: int, num_steps: int) -> tuple[int, int]:
-    if num_tokens < 2:
-        raise ValueError(f"need at least 2 tokens to evaluate, got {num_tokens}")
-    batch_size = max(1, min(batch_size, (num_tokens - 1) // num_steps))
-    num_steps = min(num_steps, (num_tokens - 1) // batch_size)
-    return batch_size, num_steps
-
-
-def _eval_tokens(corpus: np.ndarray, eval_tokens: int | None) -> np.ndarray:
-    if eval_tokens is None:
-        return corpus
-    if eval_tokens < 2:
-        raise ValueError(f"eval_tokens must be at least 2, got {eval_tokens}")
-    return corpus[:eval_tokens]
-
-
-def eval_batches(
-    corpus: np.ndarray, batch_size: int, num_steps: int, *, eval_tokens: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sequential int32 minibatches ``(K, B, T)`` (offset 0) for evaluation of the first
-    ``eval_tokens`` tokens (all when None); a short corpus gets a smaller batch and
-    window so that any corpus of at least two tokens can be scored."""
-    corpus = _eval_tokens(corpus, eval_tokens)
-    batch_size, num_steps = _eval_sizes(len(corpus), batch_size, num_steps)
-    return _parallel_streams(corpus, batch_size, num_steps)
-
-
-class EpochPlan:
-    """One epoch's minibatches, built on demand: ``plan[k]`` is the int32 ``(X, Y)`` of
-    shape ``(rows, T)`` equal to minibatch ``k`` of the materialised reference
-    (``epoch_batches``, or ``eval_batches`` for ``eval_plan``), restricted to ``rows``.
-
-    It holds only the index plan: the random partition's window starts ``(K, B)``, or
-    the sequential partition's offset and stream length ``L`` (row ``b`` of minibatch
-    ``k`` starts at ``offset + b L + k T``). Memory is the token array plus that plan.
-    ``rows = (row_start, row_stop)`` builds only those rows of every minibatch, e.g. a
-    host's share of the batch axis.
-    """
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        batch_size: int,
-        num_steps: int,
-        num_batches: int,
-        *,
-        starts: np.ndarray | None = None,
-        offset: int = 0,
-        stream_len: int = 0,
-        rows: tuple[int, int] | None = None,
-    ) -> None:
-        row_start, row_stop = (0, batch_size) if rows is None else rows
-        if not 0 <= row_start < row_stop <= batch_size:
-            raise ValueError(f"rows must satisfy 0 <= start < stop <= {batch_size}, got {rows}")
-        self.tokens, self.batch_size, self.num_steps = tokens, batch_size, num_steps
-        self.num_batches, self.rows = num_batches, (row_start, row_stop)
-        self.offset, self.stream_len = offset, stream_len
-        self._starts = None if starts is None else starts[:num_batches, row_start:row_stop]
-        self._window = np.arange(num_steps + 1)
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def starts(self, k: int) -> np.ndarray:
-        """Where each row of minibatch ``k`` starts in ``tokens``, ``(rows,)`` int64."""
-        if not -self.num_batches <= k < self.num_batches:
-            raise IndexError(f"minibatch {k} out of range for {self.num_batches}")
-        k %= self.num_batches
-        if self._starts is not None:
-            return self._starts[k]
-        rows = np.arange(*self.rows, dtype=np.int64)
-        return self.offset + rows * self.stream_len + k * self.num_steps
-
-    def batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Minibatch ``k`` as int32 ``(X, Y)``, each ``(rows, T)``."""
-        window = self.tokens[self.starts(k)[:, None] + self._window].astype(np.int32)
-        return window[:, :-1], window[:, 1:]
-
-    __getitem__ = batch
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        return (self.batch(k) for k in range(self.num_batches))
-
-    def materialise(self) -> tuple[np.ndarray, np.ndarray]:
-        """All minibatches stacked, ``(K, rows, T)`` each (for tests and small corpora)."""
-        Xs, Ys = zip(*self, strict=True)
-        return np.stack(Xs), np.stack(Ys)
-
-
-def epoch_plan(
-    corpus: np.ndarray,
-    batch_size: int,
-    num_steps: int,
-    partition: str,
-    seed: int,
-    epoch: int,
-    *,
-    rows: tuple[int, int] | None = None,
-) -> EpochPlan:
-    """The on-demand twin of ``epoch_batches`` (the same draws from ``(seed, epoch)``),
-    truncated to ``K = batches_per_epoch(N, B, T)`` minibatches as the loop trains on."""
-    check_batch_sizes(len(corpus), batch_size, num_steps)
-    rng = np.random.default_rng([seed, epoch])
-    K = batches_per_epoch(len(corpus), batch_size, num_steps)
-    if partition == "random":
-        starts = _random_starts(len(corpus), num_steps, rng)
-        starts = starts[: K * batch_size].reshape(K, batch_size)
-        return EpochPlan(corpus, batch_size, num_steps, K, starts=starts, rows=rows)
-    if partition == "sequential":
-        offset = int(rng.integers(0, num_steps))
-        stream_len = (len(corpus) - offset - 1) // batch_size
-        return EpochPlan(
-            corpus, batch_size, num_steps, K, offset=offset, stream_len=stream_len, rows=rows
-        )
-    raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
-
-
-def eval_plan(
-    corpus: np.ndarray,
-    batch_size: int,
-    num_steps: int,
-    *,
-    eval_tokens: int | None = None,
-    rows: tuple[int, int] | None = None,
-) -> EpochPlan:
-    """The on-demand twin of ``eval_batches`` (same shrinking of B and T, all its K
-    minibatches); ``plan.batch_size``/``plan.num_steps`` are the sizes it settled on."""
-    corpus = _eval_tokens(corpus, eval_tokens)
-    batch_size, num_steps = _eval_sizes(len(corpus), batch_size, num_steps)
-    stream_len = (len(corpus) - 1) // batch_size
-    K = stream_len // num_steps
-    return EpochPlan(corpus, batch_size, num_steps, K, stream_len=stream_len, rows=rows)
+def corpus_fingerprint(path: str | Path | None = None) -> dict[str, Any]:
+    """``{"sha256", "size"}`` of the bytes of ``path`` (streamed; the shipped corpus when
+    None)."""
+    if path is None:
+        raw = _read_bytes(None)
+        return {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+    _regular_file(Path(path))
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return {"sha256": digest.hexdigest(), "size": size}
 
 
 def encode_corpus(

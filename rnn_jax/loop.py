@@ -1,40 +1,61 @@
-"""The training loop on the host (D2L 9.5.3, ``train_ch8``): jitted steps, then
-perplexity, throughput, samples and the run folder's files.
+"""The training loop on the host (D2L 9.5.3, ``train_ch8``): jitted steps, and between
+them the periodic actions of ``rnn_jax.actions``.
 
-The loop owns everything impure (time, printing, files); the step it drives is pure.
-Batches derive from ``(seed, epoch)`` and the position in the data from
-``TrainState.step``, so a run restarted from a saved state continues exactly.
+Shape legend: K minibatches per epoch, B batch, T num_steps, M models trained together.
+
+``train_loop`` is the one loop: it takes the steps a ``Steps`` object makes (one model's
+jitted step here, ``ModelSteps``; a sweep's vmapped step over M members in
+``rnn_jax.sweep``), sums their metrics on the device without waiting, and where a
+record closes (every epoch's end, the last step, and wherever an action is due) makes
+the record (``make_record``) and hands it to the actions. ``fit`` trains one model: the
+standard actions (check, evaluate, sample, print, files, events) and the caller's.
 
 The budget is ``num_epochs`` epochs of K minibatches, or ``max_steps`` optimizer steps
-if sooner. A *record* (one line of ``metrics.jsonl``) closes at every epoch's end, every
-``eval_every_steps`` steps and at the end of the budget; it covers the steps since the
-previous record. Its running sums are part of what a checkpoint saves, so a run
-interrupted inside a record's steps writes, once resumed, the same record as a run that
-never stopped.
+if sooner. Batches derive from ``(seed, epoch)`` and the position in the data from
+``TrainState.step``, so a run restarted from a saved state continues exactly. A record
+covers the steps since the previous one; its running sums are part of what a
+checkpoint saves, so a run interrupted inside a record's steps writes, once resumed,
+the same record as a run that never stopped.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import platform
+import functools
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-import rnn_jax
-from rnn_jax import data, parallel, report, sample
-from rnn_jax.config import ModelConfig, RunConfig, TrainConfig, to_dict
+from rnn_jax import input_pipeline, parallel, report, sample
+from rnn_jax.actions import (
+    Action,
+    At,
+    CheckFinite,
+    End,
+    Evaluate,
+    Every,
+    Print,
+    Progress,
+    RecordPoint,
+    RunFiles,
+    Sample,
+    TensorBoard,
+)
+from rnn_jax.config import ModelConfig, RunConfig, TrainConfig
+from rnn_jax.input_pipeline import Dataset
 from rnn_jax.loss import bits_per_token, perplexity
+from rnn_jax.model import Params
 from rnn_jax.step import (
+    Batch,
+    Metrics,
     TrainState,
     current_lr,
     init_train_state,
@@ -43,187 +64,28 @@ from rnn_jax.step import (
     make_train_step,
 )
 
-METRICS = "metrics.jsonl"
-PLOT = "perplexity.png"
-SAMPLES = "samples.txt"
-RUN_CONFIG = "config.json"
-EVENTS = "events"
+SUMMED = ("loss", "grad_norm", "clipped")  # the step metrics a record sums, where present
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; names the window of steps it happened in."""
+class Steps(Protocol):
+    """What ``train_loop`` trains: compiled steps over the minibatches of each epoch."""
 
+    steps_per_epoch: int  # K
+    tokens_per_batch: int  # B T of one model
+    compile_s: float  # the step's compile time
 
-@dataclass(frozen=True)
-class Dataset:
-    train: np.ndarray  # (N_train,) token ids (an unsigned int array, maybe memory-mapped)
-    val: np.ndarray  # (N_val,) the held-out tail; may be empty
-    vocab: data.Vocab
-    token: str
-    preprocess: str = "book"
-    fingerprint: dict[str, Any] = field(default_factory=dict)  # the corpus file's sha256, size
-    num_chars: int = 0  # characters in the file, before preprocessing
-    num_tokens: int = 0  # tokens after preprocessing, before max_tokens
+    def begin_epoch(self, state: TrainState, epoch: int, fresh: bool) -> TrainState:
+        """Prepare ``epoch``'s minibatches; ``fresh``: the epoch starts here, so the
+        carried hidden state starts from zeros (the book restarts it each epoch)."""
+        ...
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab)
+    def __call__(self, state: TrainState, k: int) -> tuple[TrainState, Metrics]:
+        """The step on minibatch ``k`` of the prepared epoch."""
+        ...
 
-
-def load_dataset(config: TrainConfig, cache_dir: str | bool | None = None) -> Dataset:
-    """Corpus -> train/validation split, checked to hold at least one minibatch.
-
-    ``cache_dir``: the token cache (``True``: the default folder; ``None``: none); see
-    ``data.load_text_corpus``.
-    """
-    corpus = data.load_text_corpus(
-        config.corpus,
-        token=config.token,
-        preprocess=config.preprocess,
-        min_freq=config.min_freq,
-        cache_dir=cache_dir,
-    )
-    tokens = corpus.tokens
-    if config.max_tokens is not None:
-        tokens = tokens[: config.max_tokens]
-    train, val = data.train_val_split(tokens, config.val_fraction)
-    corpus.check_batch_sizes(len(train), config.batch_size, config.num_steps)
-    return Dataset(
-        train,
-        val,
-        corpus.vocab,
-        config.token,
-        config.preprocess,
-        dict(corpus.fingerprint),
-        corpus.num_chars,
-        corpus.kept,
-    )
-
-
-def describe_data(config: TrainConfig, dataset: Dataset) -> str:
-    """The start-of-run summary: where the text came from, what preprocessing kept, and
-    how many tokens train and validate."""
-    source = config.corpus or "the shipped Time Machine"
-    used = len(dataset.train) + len(dataset.val)
-    cut = "" if used == dataset.num_tokens else f", the first {used:,} used"
-    return (
-        f"data: {source}: {dataset.num_chars:,} characters, {dataset.preprocess} preprocessing "
-        f"-> {dataset.num_tokens:,} {dataset.token} tokens{cut}, "
-        f"vocabulary {dataset.vocab_size:,}; "
-        f"{len(dataset.train):,} train / {len(dataset.val):,} validation tokens"
-    )
-
-
-def batches_per_epoch(num_tokens: int, batch_size: int, num_steps: int) -> int:
-    """K, the same for every epoch and both partitions (whatever the random offset)."""
-    return (num_tokens - num_steps) // (batch_size * num_steps)
-
-
-def total_steps(config: TrainConfig, dataset: Dataset) -> int:
-    """The step budget: ``num_epochs`` epochs, or ``max_steps`` if fewer."""
-    K = batches_per_epoch(len(dataset.train), config.batch_size, config.num_steps)
-    steps = config.num_epochs * K
-    return steps if config.max_steps is None else min(steps, config.max_steps)
-
-
-def epoch_batches(
-    dataset: Dataset, config: TrainConfig, epoch: int, rows: tuple[int, int] | None = None
-) -> data.EpochPlan:
-    """The K minibatches of ``epoch``, built on demand (``plan[k] -> (X, Y)`` int32
-    ``(B, T)``), a pure function of ``(seed, epoch)``; ``rows`` builds only those rows
-    (a process's share of the batch)."""
-    return data.epoch_plan(
-        dataset.train,
-        config.batch_size,
-        config.num_steps,
-        config.partition,
-        config.seed,
-        epoch,
-        rows=rows,
-    )
-
-
-def default_prefixes(dataset: Dataset) -> list[str]:
-    """The samples' prefixes when the config names none: the first tokens of the
-    validation split (or of the training split)."""
-    source = dataset.val if len(dataset.val) >= 2 else dataset.train
-    count = 16 if dataset.token == "char" else 3
-    ids = np.asarray(source[:count])
-    return [data.decode(ids, dataset.vocab, dataset.token)]
-
-
-def sample_prefixes(config: TrainConfig, dataset: Dataset) -> list[str]:
-    return list(config.sample_prefix) if config.sample_prefix else default_prefixes(dataset)
-
-
-def check_run(
-    model_config: ModelConfig, config: TrainConfig, dataset: Dataset, run_config: RunConfig
-) -> None:
-    """Everything that can be checked before the first step, so that nothing that can
-    fail then fails after training: the prefixes, the evaluation sizes, the memory the
-    model needs, the devices. Raises ``ValueError`` with one line."""
-    if model_config.vocab_size != dataset.vocab_size:
-        raise ValueError(
-            f"model vocab_size {model_config.vocab_size} != dataset vocab size {dataset.vocab_size}"
-        )
-    if config.sample_every or config.sample_prefix:
-        sample.encode_prefixes(
-            sample_prefixes(config, dataset), dataset.vocab, dataset.token, dataset.preprocess
-        )
-    if config.eval_tokens is not None and config.eval_tokens < 2:
-        raise ValueError(f"eval_tokens must be at least 2, got {config.eval_tokens}")
-    check_memory(model_config, config)
-    from rnn_jax import parallel
-
-    parallel.check_devices(run_config.devices, config.batch_size)
-
-
-def check_memory(model_config: ModelConfig, config: TrainConfig) -> None:
-    """Refuse sizes whose parameters, optimizer state and activations cannot fit in this
-    machine's available memory, with the estimate, before anything is allocated."""
-    need = estimate_bytes(model_config, config)
-    available = _available_bytes()
-    if available is not None and need > available:
-        raise ValueError(
-            f"this model needs about {need / 2**30:,.1f} GiB to train (parameters, optimizer "
-            f"state, activations of B {config.batch_size} x T {config.num_steps}); "
-            f"{available / 2**30:,.1f} GiB is available"
-        )
-
-
-def estimate_bytes(model_config: ModelConfig, config: TrainConfig) -> int:
-    """A lower bound of training memory in bytes: parameters, gradients and optimizer
-    state (4 copies, float32), and what the scan saves for the backward pass."""
-    V, H, L = model_config.vocab_size, model_config.num_hiddens, model_config.num_layers
-    gates = {"rnn": 1, "gru": 3, "lstm": 4}[model_config.cell]
-    params = L * gates * (2 * H * H + H) + V * gates * H + H * V + V
-    B, T = config.batch_size, config.num_steps
-    activations = L * T * B * H * (2 * gates + 2) + 2 * T * B * V
-    return 4 * (4 * params + activations)
-
-
-def _available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def run_info() -> dict[str, Any]:
-    """Versions and devices, written beside the config so a run can be reproduced."""
-    device = jax.devices()[0]
-    return {
-        "rnn_jax": rnn_jax.__version__,
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": f"{device.platform}:{device.device_kind}",
-        "num_devices": jax.device_count(),
-        "num_processes": jax.process_count(),
-    }
+    def learning_rates(self, state: TrainState) -> np.ndarray | None:
+        """The rate(s) of the last update, one per model, for the records."""
+        ...
 
 
 @dataclass
@@ -235,6 +97,222 @@ class FitResult:
     sums: dict[str, Any] | None = None  # running sums of an unfinished record, to save
 
 
+# --------------------------------------------------------------------------- records
+
+
+def make_record(
+    step: int,
+    K: int,
+    batches: int,
+    loss_sum: float,
+    grad_norm_sum: float,
+    seconds: float,
+    tokens_per_batch: int,
+    char: bool,
+    lr: float | None = None,
+    clipped: int | None = None,
+) -> dict[str, Any]:
+    """The record of ``batches`` steps ending at ``step``: train perplexity of the summed
+    mean losses (and bits per character for char tokens), tokens/s over ``seconds``
+    (compile time excluded), the mean gradient norm before clipping, and, where given,
+    the learning rate and the fraction of steps clipped; ``val_ppl`` is None until
+    ``actions.Evaluate`` fills it."""
+    epoch = step // K if step % K == 0 else round(step / K, 4)
+    record: dict[str, Any] = {
+        "epoch": epoch,
+        "step": step,
+        "train_ppl": perplexity(loss_sum, batches),
+        "val_ppl": None,
+        "tokens_per_s": batches * tokens_per_batch / max(seconds, 1e-9),
+        "grad_norm": float(grad_norm_sum) / batches,
+        "wall_s": seconds,
+    }
+    if char:
+        record["train_bpc"] = bits_per_token(record["train_ppl"])
+    if lr is not None:
+        record["lr"] = float(lr)
+    if clipped is not None:
+        record["clipped_fraction"] = int(clipped) / batches
+    return record
+
+
+class Meter:
+    """The open record: the ``SUMMED`` metrics summed on the device (``()`` for one
+    model, ``(M,)`` for M), the steps they cover and the seconds those took. ``sums``:
+    what a checkpoint saved mid-record (float32 values stored exactly, so the resumed
+    sums continue bit for bit)."""
+
+    def __init__(self, sums: dict[str, Any] | None = None) -> None:
+        self.sums: dict[str, jax.Array] = {}
+        self.batches, self.seconds = 0, 0.0
+        if sums:
+            self.sums = {n: jnp.asarray(sums[n], jnp.float32) for n in ("loss", "grad_norm")}
+            self.batches, self.seconds = int(sums["batches"]), float(sums.get("seconds", 0.0))
+
+    def add(self, metrics: Metrics) -> None:
+        for name in SUMMED:
+            if name in metrics:
+                value = metrics[name]
+                if name not in self.sums:
+                    dtype = jnp.int32 if value.dtype == jnp.bool_ else value.dtype
+                    self.sums[name] = jnp.zeros(value.shape, dtype)
+                self.sums[name] += value
+        self.batches += 1
+
+    def lap(self, since: float, wait: bool = False) -> None:
+        """Count the time from ``since`` to now (after the steps finish, with ``wait``)."""
+        if wait:
+            jax.block_until_ready(self.sums)
+        self.seconds += time.perf_counter() - since
+
+    def close(
+        self, at: At, tokens_per_batch: int, char: bool, lrs: np.ndarray | None
+    ) -> RecordPoint:
+        """The record point of the steps so far (one record per model), then a new record."""
+        sums = {name: np.atleast_1d(v) for name, v in jax.device_get(self.sums).items()}
+        records = [
+            make_record(
+                at.step,
+                at.steps_per_epoch,
+                self.batches,
+                sums["loss"][i],
+                sums["grad_norm"][i],
+                self.seconds,
+                tokens_per_batch,
+                char,
+                lr=None if lrs is None else lrs[i],
+                clipped=sums["clipped"][i] if "clipped" in sums else None,
+            )
+            for i in range(len(sums["loss"]))
+        ]
+        point = RecordPoint(at, records, self.batches, sums["loss"])
+        self.sums, self.batches, self.seconds = {}, 0, 0.0
+        return point
+
+    def open_sums(self) -> dict[str, Any] | None:
+        """The unfinished record's sums of one model, as a checkpoint stores them."""
+        if not self.batches:
+            return None
+        loss, grad_norm = jax.device_get((self.sums["loss"], self.sums["grad_norm"]))
+        return {
+            "loss": float(loss),
+            "grad_norm": float(grad_norm),
+            "batches": self.batches,
+            "seconds": self.seconds,
+        }
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train_loop(
+    steps: Steps,
+    state: TrainState,
+    actions: Sequence[Action],
+    *,
+    total: int,
+    num_epochs: int,
+    char: bool,
+    sums: dict[str, Any] | None = None,
+) -> tuple[TrainState, list[RecordPoint], End]:
+    """Take steps from ``state.step`` to ``total``, calling ``actions`` as the module
+    docstring of ``rnn_jax.actions`` says; ``sums`` continue a saved unfinished record.
+
+    Returns the last state, the record points reached, and how it ended: at the budget,
+    or ``interrupted`` by an action's ``after_step`` (at a step that closed no record,
+    with the running ``sums`` to save with the state).
+    """
+    K = steps.steps_per_epoch
+    start = done = int(np.ravel(state.step)[0])  # the steps taken (a sweep's members share it)
+    meter = Meter(sums)
+    points: list[RecordPoint] = []
+    end = None
+    try:
+        for action in actions:
+            action.start(state)
+        stop = False
+        for s in range(start, total):
+            epoch, k = divmod(s, K)
+            if k == 0 or s == start:
+                state = steps.begin_epoch(state, epoch, fresh=k == 0)
+            tick = time.perf_counter()
+            state, metrics = steps(state, k)
+            meter.add(metrics)
+            done = s + 1
+            at = At(done, K, total, num_epochs)
+            stop = any([action.after_step(at) for action in actions])  # each sees every step
+            if at.epoch_end or at.last or any(action.due(at) for action in actions):
+                meter.lap(tick, wait=True)
+                lrs = steps.learning_rates(state)
+                points.append(meter.close(at, steps.tokens_per_batch, char, lrs))
+                for action in actions:
+                    action(state, points[-1])
+            else:
+                meter.lap(tick, wait=stop)
+            if stop:
+                break
+        interrupted = stop and done < total  # a stop at the end is the end
+        end = End(state, interrupted, meter.open_sums() if interrupted else None)
+    finally:
+        for action in actions:
+            action.close(end)
+    return state, points, end
+
+
+# --------------------------------------------------------------------------- one model
+
+
+class ModelSteps:
+    """The steps of one model (``step.make_train_step``), compiled ahead of the loop on
+    epoch 0's first minibatch. With ``mesh`` the batch axis is sharded over its devices:
+    each process builds only its own rows of every minibatch, the state's hidden rows
+    live with them, and the parameters are replicated; the same jitted step runs."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        dataset: Dataset,
+        optimizer: optax.GradientTransformation,
+        state: TrainState,
+        mesh: Mesh | None = None,
+    ) -> None:
+        self.model_config, self.config, self.dataset, self.mesh = (
+            model_config,
+            config,
+            dataset,
+            mesh,
+        )
+        self.steps_per_epoch = input_pipeline.steps_per_epoch(config, dataset)
+        self.tokens_per_batch = config.batch_size * config.num_steps
+        self.rows = None if mesh is None else parallel.process_rows(config.batch_size, mesh)
+        step_fn = make_train_step(
+            model_config, optimizer, carry_hidden=config.partition == "sequential", mesh=mesh
+        )
+        started = time.perf_counter()
+        first = input_pipeline.train_plan(dataset, config, 0, self.rows)[0]
+        self.step = step_fn.lower(state, self._put(first)).compile()
+        self.compile_s = time.perf_counter() - started
+        self.plan: input_pipeline.EpochPlan | None = None
+
+    def _put(self, batch: tuple[np.ndarray, np.ndarray]) -> Batch | tuple[np.ndarray, np.ndarray]:
+        return batch if self.mesh is None else parallel.put_batch(*batch, self.mesh)
+
+    def begin_epoch(self, state: TrainState, epoch: int, fresh: bool) -> TrainState:
+        self.plan = input_pipeline.train_plan(self.dataset, self.config, epoch, self.rows)
+        if not fresh:
+            return state
+        # A fresh array: the step donates the state it is given.
+        hidden = parallel.zero_hidden(self.model_config, self.config.batch_size, self.mesh)
+        return state.replace(hidden=hidden)
+
+    def __call__(self, state: TrainState, k: int) -> tuple[TrainState, Metrics]:
+        return self.step(state, self._put(self.plan[k]))
+
+    def learning_rates(self, state: TrainState) -> np.ndarray:
+        return np.atleast_1d(float(current_lr(state.opt_state)))
+
+
 def fit(
     model_config: ModelConfig,
     config: TrainConfig,
@@ -243,290 +321,141 @@ def fit(
     state: TrainState | None = None,
     sums: dict[str, Any] | None = None,
     out_dir: Path | None = None,
-    on_record: Callable[[TrainState, dict[str, Any]], None] | None = None,
-    on_epoch_end: Callable[[TrainState, dict[str, Any]], None] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    on_start: Callable[[], None] | None = None,
+    actions: Sequence[Action] = (),
     echo: Callable[[str], None] = tqdm.write,
     progress: bool | None = None,
     run_config: RunConfig | None = None,
     mesh: Mesh | None = None,
 ) -> FitResult:
-    """Train from ``state`` (or a fresh one from ``config.seed``) to the step budget.
+    """Train one model from ``state`` (or a fresh one from ``config.seed``) to the step
+    budget, with the actions every run has, then ``actions`` (the life cycle's ``Save``
+    and ``StopWhen``).
 
-    Per record: train perplexity (and bits per character for char tokens), tokens/s
-    (warm: the step is compiled ahead of the loop, ``compile_s``), the gradient's
-    global norm before clipping, the learning rate; validation perplexity every
-    ``eval_every`` epochs / ``eval_every_steps`` steps and greedy samples every
-    ``sample_every`` epochs, both also at the end. With ``out_dir`` the records go to
-    ``metrics.jsonl`` and TensorBoard events, the curves to ``perplexity.png`` and the
-    samples to ``samples.txt``. ``on_record`` (and, at epoch ends, ``on_epoch_end``) is
-    called after each record. ``should_stop`` is polled after each step; when it answers
-    True the loop returns at once with ``interrupted=True``, a state that resumes
-    exactly, and the running ``sums`` to save with it. ``on_start`` is called once
-    everything is compiled, before the first step. ``progress=None`` shows a
-    progress bar only on a terminal.
-
-    With ``mesh`` (``parallel.make_mesh``) the batch axis is sharded over its devices:
-    each process builds only its own rows of every minibatch, the state's hidden rows
-    live with them, and the parameters are replicated; the same jitted step runs.
+    At each record: train perplexity (and bits per character for char tokens), tokens/s
+    (warm: the step is compiled ahead of the loop, ``compile_s``), the gradient's global
+    norm before clipping, the learning rate; validation perplexity every ``eval_every``
+    epochs / ``eval_every_steps`` steps and greedy samples every ``sample_every``
+    epochs, both also at the end. Records and samples are printed through ``echo``; with
+    ``out_dir`` they go to the run folder's files and TensorBoard events too.
+    ``progress=None`` shows a progress bar only on a terminal. ``mesh``: see
+    ``ModelSteps``. An action that stops the loop early returns ``interrupted=True``, a
+    state that resumes exactly, and the running ``sums`` to save with it.
     """
     if model_config.vocab_size != dataset.vocab_size:
         raise ValueError(
             f"model vocab_size {model_config.vocab_size} != dataset vocab size {dataset.vocab_size}"
         )
     run_config = run_config or RunConfig()
-    K = batches_per_epoch(len(dataset.train), config.batch_size, config.num_steps)
-    total = total_steps(config, dataset)
+    total = input_pipeline.total_steps(config, dataset)
     optimizer = make_optimizer(config, total)
-    B = config.batch_size
     if mesh is not None:
-        parallel.check_batch(B, mesh)
+        parallel.check_batch(config.batch_size, mesh)
     if state is None:
-        state = init_train_state(model_config, optimizer, B, jax.random.key(config.seed), mesh)
+        key = jax.random.key(config.seed)
+        state = init_train_state(model_config, optimizer, config.batch_size, key, mesh)
     elif mesh is not None:
         state = parallel.shard_state(state, mesh)
-    rows = None if mesh is None else parallel.process_rows(B, mesh)
-    tokens_per_batch = B * config.num_steps
+    steps = ModelSteps(model_config, config, dataset, optimizer, state, mesh)
+    standard = standard_actions(
+        model_config,
+        config,
+        dataset,
+        int(state.step),
+        total,
+        out_dir,
+        echo,
+        progress,
+        run_config,
+        mesh,
+    )
     char = dataset.token == "char"
-
-    def put(batch: tuple[np.ndarray, np.ndarray]) -> Any:
-        return batch if mesh is None else parallel.put_batch(*batch, mesh)
-
-    step_fn = make_train_step(
-        model_config, optimizer, carry_hidden=config.partition == "sequential", mesh=mesh
+    state, points, end = train_loop(
+        steps,
+        state,
+        [*standard, *actions],
+        total=total,
+        num_epochs=config.num_epochs,
+        char=char,
+        sums=sums,
     )
-    started = time.perf_counter()
-    train_step = step_fn.lower(state, put(epoch_batches(dataset, config, 0, rows)[0])).compile()
-    compile_s = time.perf_counter() - started
-
-    evaluate = make_evaluate(model_config, mesh)
-    val_batches = None
-    val_tokens = dataset.val if config.eval_tokens is None else dataset.val[: config.eval_tokens]
-    if len(val_tokens) >= 2:
-        Xv, Yv = data.eval_batches(val_tokens, B, config.num_steps)
-        if mesh is None:
-            val_batches = (jnp.asarray(Xv), jnp.asarray(Yv))
-        else:
-            val_batches = parallel.put_eval_batches(Xv, Yv, mesh)
-    prefixes = sample_prefixes(config, dataset)
-
-    start_step = int(state.step)
-    writer = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_run_config(out_dir, model_config, config, run_config)
-        if run_config.tensorboard and report.EventWriter.available():
-            writer = report.EventWriter(
-                out_dir / EVENTS, purge_step=start_step + 1 if start_step else None
-            )
-        elif run_config.tensorboard:
-            echo("note: tensorboardX is not installed; no TensorBoard events are written")
-
-    if on_start is not None:
-        on_start()
-    history: list[dict[str, Any]] = []
-    bar = tqdm(total=total, initial=start_step, unit="step", disable=_no_bar(progress), leave=False)
-    loss_sum, grad_norm_sum, num_batches, elapsed = _restore_sums(sums)
-    interrupted = False
-    plan, plan_epoch = None, None
-    try:
-        for s in range(start_step, total):
-            epoch, k = divmod(s, K)
-            if plan_epoch != epoch:
-                plan, plan_epoch = epoch_batches(dataset, config, epoch, rows), epoch
-            if k == 0:
-                # The book restarts the state each epoch (a fresh array: the step donates it).
-                state = state.replace(hidden=parallel.zero_hidden(model_config, B, mesh))
-            tick = time.perf_counter()
-            state, metrics = train_step(state, put(plan[k]))
-            loss_sum += metrics["loss"]
-            grad_norm_sum += metrics["grad_norm"]
-            num_batches += 1
-            bar.update()
-            done = s + 1
-            stop = parallel.any_process(should_stop())
-            epoch_end = done % K == 0
-            at_record = (
-                epoch_end
-                or done == total
-                or (config.eval_every_steps and done % config.eval_every_steps == 0)
-                or (run_config.save_every_steps and done % run_config.save_every_steps == 0)
-            )
-            if not at_record:
-                if stop:
-                    jax.block_until_ready(loss_sum)
-                    elapsed += time.perf_counter() - tick
-                    interrupted = True
-                    break
-                elapsed += time.perf_counter() - tick
-                continue
-            loss_mean, grad_norm = jax.device_get((loss_sum, grad_norm_sum))  # waits
-            elapsed += time.perf_counter() - tick
-            record = _record(
-                done, K, num_batches, loss_mean, grad_norm, elapsed, tokens_per_batch, char
-            )
-            record["lr"] = float(current_lr(state.opt_state))
-            if not math.isfinite(record["train_ppl"]):
-                raise NonFiniteLossError(
-                    f"training loss became {float(loss_mean) / num_batches:.4g} (perplexity "
-                    f"{record['train_ppl']}) between steps {done - num_batches + 1} and {done} "
-                    f"(epoch {epoch + 1}); lower the learning rate or the clipping threshold theta"
-                )
-            eval_due = (epoch_end and due(config.eval_every, epoch, config.num_epochs)) or (
-                config.eval_every_steps and done % config.eval_every_steps == 0
-            )
-            final = done == total and bool(config.eval_every or config.eval_every_steps)
-            if val_batches is not None and (eval_due or final):
-                nll, count = evaluate(state.params, *val_batches)
-                record["val_ppl"] = perplexity(nll, count)
-                if char:
-                    record["val_bpc"] = bits_per_token(record["val_ppl"])
-            samples = None
-            if (epoch_end and due(config.sample_every, epoch, config.num_epochs)) or (
-                done == total and config.sample_every
-            ):
-                samples = sample.predict(
-                    prefixes,
-                    config.num_preds,
-                    model_config,
-                    state.params,
-                    dataset.vocab,
-                    dataset.token,
-                    preprocess=dataset.preprocess,
-                )
-            history.append(record)
-            bar.set_postfix(ppl=f"{record['train_ppl']:.2f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            step_eval = bool(config.eval_every_steps) and done % config.eval_every_steps == 0
-            if samples is not None or step_eval:
-                echo(format_record(record))
-            for text in samples or ():
-                echo(f"  {text!r}")
-            if out_dir is not None:
-                report.append_jsonl(out_dir / METRICS, record)
-                if samples is not None:
-                    report.append_samples(out_dir / SAMPLES, record, samples)
-                if samples is not None or done == total:
-                    report.plot_perplexity(report.read_jsonl(out_dir / METRICS), out_dir / PLOT)
-            if writer is not None:
-                writer.add_record(record, samples)
-            if on_record is not None:
-                on_record(state, record)
-            if epoch_end and on_epoch_end is not None:
-                on_epoch_end(state, record)
-            loss_sum, grad_norm_sum, num_batches, elapsed = _restore_sums(None)
-            if stop:
-                interrupted = done < total  # a stop at the end is the end
-                break
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-    open_sums = None
-    if interrupted and num_batches:
-        loss_value, grad_value = jax.device_get((loss_sum, grad_norm_sum))
-        open_sums = {
-            "loss": float(loss_value),
-            "grad_norm": float(grad_value),
-            "batches": num_batches,
-            "seconds": elapsed,
-        }
-    return FitResult(state, history, compile_s, interrupted, open_sums)
+    history = [point.record for point in points]
+    return FitResult(state, history, steps.compile_s, end.interrupted, end.sums)
 
 
-def _restore_sums(sums: dict[str, Any] | None) -> tuple[jax.Array, jax.Array, int, float]:
-    """The running sums of a record: zeros, or those a checkpoint saved mid-record
-    (float32 values stored exactly, so the resumed sums continue bit for bit)."""
-    if not sums:
-        return jnp.zeros(()), jnp.zeros(()), 0, 0.0
-    return (
-        jnp.asarray(sums["loss"], jnp.float32),
-        jnp.asarray(sums["grad_norm"], jnp.float32),
-        int(sums["batches"]),
-        float(sums.get("seconds", 0.0)),
-    )
-
-
-def _record(
-    step: int,
-    K: int,
-    num_batches: int,
-    loss_sum: Any,
-    grad_norm_sum: Any,
-    seconds: float,
-    tokens_per_batch: int,
-    char: bool,
-) -> dict[str, Any]:
-    epoch = step // K if step % K == 0 else round(step / K, 4)
-    record: dict[str, Any] = {
-        "epoch": epoch,
-        "step": step,
-        "train_ppl": perplexity(loss_sum, num_batches),
-        "val_ppl": None,
-        "tokens_per_s": num_batches * tokens_per_batch / max(seconds, 1e-9),
-        "grad_norm": float(grad_norm_sum) / num_batches,
-        "wall_s": seconds,
-    }
-    if char:
-        record["train_bpc"] = bits_per_token(record["train_ppl"])
-    return record
-
-
-def due(every: int, epoch: int, num_epochs: int) -> bool:
-    """Whether a task run every ``every`` epochs (0 = never) runs after 0-based ``epoch``;
-    it always runs after the last one."""
-    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == num_epochs)
-
-
-def write_run_config(
-    out_dir: Path,
+def standard_actions(
     model_config: ModelConfig,
     config: TrainConfig,
-    run_config: RunConfig | None = None,
-) -> None:
-    """``config.json``: the model, train and run sections (``rnn-jax train --config``
-    reads it back) and the versions and devices it ran with."""
-    payload = {
-        "model": to_dict(model_config),
-        "train": to_dict(config),
-        "run": to_dict(run_config or RunConfig()),
-        "run_info": run_info(),
-    }
-    report.write_atomic(out_dir / RUN_CONFIG, json.dumps(payload, indent=2) + "\n")
-
-
-def truncate_logs(run_dir: Path, step: int) -> None:
-    """Drop what a run folder logged after ``step`` (a resumed run logs it again)."""
-    report.truncate_metrics(run_dir / METRICS, step)
-    report.truncate_samples(run_dir / SAMPLES, step)
-
-
-def summary(record: dict[str, Any], config: TrainConfig) -> str:
-    """``epoch 30 (step 240), perplexity 8.94 (3.16 bpc), validation perplexity 9.82``."""
-    text = f"epoch {record['epoch']} (step {record['step']}), perplexity {record['train_ppl']:.2f}"
-    if "train_bpc" in record:
-        text += f" ({record['train_bpc']:.3f} bpc)"
-    if record.get("val_ppl") is not None:
-        text += f", validation perplexity {record['val_ppl']:.2f}"
-        if "val_bpc" in record:
-            text += f" ({record['val_bpc']:.3f} bpc)"
-    return text
-
-
-def format_record(record: dict[str, Any]) -> str:
-    val = ""
-    if record["val_ppl"] is not None:
-        val = f", val ppl {record['val_ppl']:.2f}"
-        if "val_bpc" in record:
-            val += f" ({record['val_bpc']:.3f} bpc)"
-    unit = (
-        f"epoch {record['epoch']}" if isinstance(record["epoch"], int) else f"step {record['step']}"
+    dataset: Dataset,
+    start_step: int,
+    total: int,
+    out_dir: Path | None,
+    echo: Callable[[str], None],
+    progress: bool | None,
+    run_config: RunConfig,
+    mesh: Mesh | None,
+) -> list[Action]:
+    """The actions of ``fit``: check, evaluate, sample, progress, print, and with
+    ``out_dir`` the run folder's files and TensorBoard events."""
+    char = dataset.token == "char"
+    evaluate_every = Every(
+        epochs=config.eval_every,
+        steps=config.eval_every_steps,
+        last=bool(config.eval_every or config.eval_every_steps),
     )
-    return (
-        f"{unit}: train ppl {record['train_ppl']:.2f}{val}, "
-        f"{record['tokens_per_s']:,.0f} tokens/s, grad norm {record['grad_norm']:.2f}"
+    sample_every = Every(epochs=config.sample_every, last=bool(config.sample_every))
+    generate = functools.partial(
+        _greedy_samples,
+        input_pipeline.sample_prefixes(config, dataset),
+        config.num_preds,
+        model_config,
+        dataset,
+    )
+    actions: list[Action] = [
+        CheckFinite(),
+        Evaluate(
+            evaluate_every,
+            make_evaluate(model_config, mesh),
+            _validation_batches(config, dataset, mesh),
+            char,
+        ),
+        Sample(sample_every, generate),
+        Progress(total, start_step, progress),
+        Print(echo, config.eval_every_steps),
+    ]
+    if out_dir is not None:
+        actions.append(RunFiles(out_dir, model_config, config, run_config))
+        if run_config.tensorboard and report.EventWriter.available():
+            actions.append(TensorBoard(out_dir, start_step))
+        elif run_config.tensorboard:
+            echo("note: tensorboardX is not installed; no TensorBoard events are written")
+    return actions
+
+
+def _greedy_samples(
+    prefixes: list[str],
+    num_preds: int,
+    model_config: ModelConfig,
+    dataset: Dataset,
+    params: Params,
+) -> list[str]:
+    return sample.predict(
+        prefixes,
+        num_preds,
+        model_config,
+        params,
+        dataset.vocab,
+        dataset.token,
+        preprocess=dataset.preprocess,
     )
 
 
-def _no_bar(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress
+def _validation_batches(config: TrainConfig, dataset: Dataset, mesh: Mesh | None) -> Any:
+    """The validation split's ``(Xs, Ys)`` ``(K, B, T)`` on the device(s), or None when
+    it holds fewer than two tokens."""
+    tokens = input_pipeline.validation_tokens(config, dataset)
+    if len(tokens) < 2:
+        return None
+    Xs, Ys = input_pipeline.eval_batches(tokens, config.batch_size, config.num_steps)
+    if mesh is None:
+        return jnp.asarray(Xs), jnp.asarray(Ys)
+    return parallel.put_eval_batches(Xs, Ys, mesh)

@@ -1,16 +1,21 @@
-"""What a run leaves behind for a reader: metrics as JSON lines, TensorBoard events, the
-samples, and the book's perplexity plot (train and validation) as a PNG.
+"""What a run reports, and in which forms: a record as a line of text, metrics as JSON
+lines, the samples, TensorBoard events, and the book's perplexity plot (train and
+validation) as a PNG.
+
+A *record* is one line of ``metrics.jsonl``: a dict with ``epoch``, ``step``,
+``train_ppl`` (and ``train_bpc`` for char tokens), ``val_ppl`` (``None`` where not
+measured; ``val_bpc``), ``tokens_per_s``, ``grad_norm``, ``wall_s`` and ``lr``
+(``loop.make_record`` makes it).
 
 Every file is written so that a crash leaves either the old or the new content: whole
-files through a temporary file and ``os.replace``, JSON lines appended one whole line at
-a time (a crash can only tear the last line, which ``read_jsonl`` drops on resume).
+files through ``files.write_atomic``, JSON lines appended one whole line at a time (a
+crash can only tear the last line, which ``read_jsonl`` drops on resume).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,23 +24,40 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
+from rnn_jax.files import write_atomic
+
 
 class MetricsFileError(ValueError):
     """A line of ``metrics.jsonl`` other than a torn last one cannot be read."""
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step (a temporary file, then ``os.replace``)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def format_record(record: dict[str, Any]) -> str:
+    """``epoch 10: train ppl 12.87, val ppl 12.55 (3.650 bpc), 41,577 tokens/s, grad norm 0.25``
+    (``step N`` in place of the epoch for a record inside an epoch)."""
+    val = ""
+    if record["val_ppl"] is not None:
+        val = f", val ppl {record['val_ppl']:.2f}"
+        if "val_bpc" in record:
+            val += f" ({record['val_bpc']:.3f} bpc)"
+    unit = (
+        f"epoch {record['epoch']}" if isinstance(record["epoch"], int) else f"step {record['step']}"
+    )
+    return (
+        f"{unit}: train ppl {record['train_ppl']:.2f}{val}, "
+        f"{record['tokens_per_s']:,.0f} tokens/s, grad norm {record['grad_norm']:.2f}"
+    )
+
+
+def summary(record: dict[str, Any]) -> str:
+    """``epoch 30 (step 240), perplexity 8.94 (3.16 bpc), validation perplexity 9.82``."""
+    text = f"epoch {record['epoch']} (step {record['step']}), perplexity {record['train_ppl']:.2f}"
+    if "train_bpc" in record:
+        text += f" ({record['train_bpc']:.3f} bpc)"
+    if record.get("val_ppl") is not None:
+        text += f", validation perplexity {record['val_ppl']:.2f}"
+        if "val_bpc" in record:
+            text += f" ({record['val_bpc']:.3f} bpc)"
+    return text
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -117,13 +139,10 @@ def plot_perplexity(records: list[dict[str, Any]], path: Path, title: str = "") 
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     try:
-        fig.savefig(tmp)
-        tmp.replace(path)
+        write_atomic(path, lambda f: fig.savefig(f, format="png"))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 class EventWriter:

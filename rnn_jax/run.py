@@ -1,15 +1,16 @@
 """A run's life cycle, shared by the command line and the experiments.
 
-    configs  defaults < config file < flags; each field checked where it is defined
-    checks   corpus, sizes, prefixes, devices, memory: everything that can fail before
-             training fails here, before anything is written
-    folder   created, then locked (``RUN_DIR/.lock``, held until the run ends), then
-             inspected under the lock: a finished run is refused (or resumed), a dead
-             one (no finished checkpoint, no live owner) is restarted
-    resume   the checkpoint restored and verified; changed settings and a changed corpus
-             refused; what the folder logged after that checkpoint dropped
-    train    ``loop.fit``; a checkpoint at the first record, every ``save_every``
-             epochs / ``save_every_steps`` steps, at the end and on a signal
+    prepare  a new run (``prepare_new``) or a resume (``prepare_resume``), each giving a
+             ``Prepared``: the configs (defaults < config file < flags, each field
+             checked where it is defined), the dataset, and everything that can fail
+             before training checked (``check_run``), before anything is written
+    folder   process 0 creates and locks the folder (``RUN_DIR/.lock``, held until the
+             run ends) and inspects it under the lock: a finished run is refused (or
+             resumed), a dead one (no finished checkpoint, no live owner) restarted; a
+             resume sets later checkpoints aside and drops what was logged after its step
+    train    ``loop.fit`` with the life cycle's actions (``actions.Save``: a checkpoint
+             at the first record, every ``save_every`` epochs / ``save_every_steps``
+             steps, at the end and on a signal; ``actions.StopWhen``: the signal flag)
     close    pending writes finished; a failed write names the last good checkpoint
     report   one line
 
@@ -17,54 +18,37 @@
 (a signal before training started: nothing is left but a restartable folder),
 ``RunError`` (exit 1: the run broke, the message names the last good checkpoint) or
 ``ValueError``/``OSError``/``CheckpointError`` (bad input: nothing was written).
-``train_from_request`` is the CLI's wrapper: it prints and returns the exit status.
+``train_from_request`` is the command line's: it prints and returns the exit status.
+``train`` is the experiments'. With several processes, process 0 alone prints, owns the
+folder and writes its files (``execute`` and ``_actions`` say so); all of them compute.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import json
-import os
 import re
 import shutil
 import signal
-import socket
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from rnn_jax.config import (
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    load_file,
-    to_dict,
-)
-
-LOCK = ".lock"
-RUN_FILES = (
-    "config.json",
-    "metrics.jsonl",
-    "samples.txt",
-    "perplexity.png",
-    "checkpoints",
-    "events",
-)
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class Interrupted(Exception):  # noqa: N818 (it is what happened, not an error)
-    """A signal arrived before training started; exit status 128 + ``signum``."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
+from rnn_jax import checkpoint, input_pipeline, loop, parallel, report, run_folder, sweep
+from rnn_jax.actions import Every, NonFiniteLossError, Save, StopWhen
+from rnn_jax.config import ModelConfig, RunConfig, TrainConfig, flag_name, load_file, to_dict
+from rnn_jax.data import encode_prefixes
+from rnn_jax.input_pipeline import Dataset
+from rnn_jax.run_folder import RunLock
+from rnn_jax.signals import Signals
 
 
 class RunError(Exception):
@@ -96,273 +80,65 @@ class TrainRequest:
 
 
 @dataclass
+class Prepared:
+    """A run ready to train: what ``prepare_new`` and ``prepare_resume`` both give."""
+
+    run_dir: Path
+    model_config: ModelConfig
+    train_config: TrainConfig
+    run_config: RunConfig
+    dataset: Dataset
+    mesh: Mesh | None  # None: one device, the book's path
+    restored: checkpoint.Restored | None = None  # the checkpoint a resume continues
+
+
+@dataclass
 class Outcome:
     run_dir: Path
     model_config: ModelConfig
     train_config: TrainConfig
-    dataset: Any  # loop.Dataset
-    result: Any  # loop.FitResult
+    dataset: Dataset
+    result: loop.FitResult | None  # None when the run had trained its budget already
     signum: int | None = None  # the signal that stopped it, if any
-
-
-# --------------------------------------------------------------------------- configs
-
-
-def resolve_configs(
-    request: TrainRequest,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], set[str]]:
-    """Merge the config file and the flags: ``(model, train, run, explicit)`` field dicts,
-    ``explicit`` naming (``section.field``) every field the user set either way."""
-    model: dict[str, Any] = {}
-    train: dict[str, Any] = {}
-    run: dict[str, Any] = {}
-    if request.config_file is not None:
-        sections = load_file(request.config_file)
-        model, train, run = sections["model"], sections["train"], sections["run"]
-    model = {**model, **request.model}
-    train = {**train, **request.train}
-    run = {**run, **request.run}
-    explicit = {f"model.{k}" for k in model} | {f"train.{k}" for k in train}
-    if train.get("corpus") is not None:
-        train["corpus"] = str(Path(train["corpus"]).expanduser().absolute())
-    return model, train, run, explicit
-
-
-def _flag(section: str, name: str) -> str:
-    from rnn_jax.cli import flag_name
-
-    cls = {"model": ModelConfig, "train": TrainConfig, "run": RunConfig}[section]
-    return flag_name(cls, name)
-
-
-# --------------------------------------------------------------------------- the folder
-
-
-class RunLock:
-    """One writer per run folder: an exclusive ``flock`` on ``RUN_DIR/.lock`` that names
-    its owner (pid and host). Taken before the folder is inspected and held until the
-    run ends; the kernel releases it when the process dies, whatever kills it."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self._handle: Any = None
-
-    def acquire(self) -> None:
-        path = self.run_dir / LOCK
-        try:
-            handle = path.open("a+")
-        except OSError as err:
-            raise ValueError(f"cannot write to run folder {self.run_dir}: {err.strerror}") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            handle.close()
-            raise ValueError(
-                f"run folder {self.run_dir} is in use by {owner}; wait for it or use another --out"
-            ) from None
-        self._handle = handle
-
-    def claim(self) -> None:
-        """Name this process as the owner (once the checks passed: a refused command
-        leaves the folder, lock file included, as it was)."""
-        self._handle.seek(0)
-        self._handle.truncate()
-        self._handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        self._handle.flush()
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
-def holds_run(run_dir: Path) -> bool:
-    return run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_FILES)
-
-
-def clear_run_files(run_dir: Path) -> None:
-    """Remove what a run writes (not the lock), for a restart of a dead folder."""
-    for name in RUN_FILES:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    for tmp in run_dir.glob("*.tmp*"):
-        tmp.unlink()
-
-
-# --------------------------------------------------------------------------- signals
-
-
-class Signals:
-    """SIGINT, SIGTERM and SIGHUP become a flag: during training the loop polls it after
-    each step; during start-up ``check`` turns it into ``Interrupted`` between stages
-    (raising from the handler itself could land inside JAX's backend start-up, which
-    swallows or wraps it)."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.training = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> Signals:
-        for s in SIGNALS:
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is None:
-            self.received = signum
-
-    def start_training(self) -> None:
-        """Called by the loop before its first step: a signal from here on stops the
-        loop after a step (and is saved); one before it abandons the start-up."""
-        self.check()
-        self.training = True
-
-    def check(self) -> None:
-        """Raise ``Interrupted`` if a signal arrived while the run was starting."""
-        if self.received is not None and not self.training:
-            name = signal.Signals(self.received).name
-            raise Interrupted(self.received, f"{name} before training started; stopped")
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
 
 
 # --------------------------------------------------------------------------- the run
 
 
 def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
-    """Run the life cycle of module docstring; see it for what each step guarantees."""
+    """Run the life cycle of the module docstring; see it for what each stage guarantees."""
     signals = signals or Signals()
-    from rnn_jax import checkpoint, loop, parallel, report
-
-    echo = request.echo
-    model_fields, train_fields, run_fields, explicit = resolve_configs(request)
+    fields = resolve_configs(request)
     if parallel.distributed_requested(request.coordinator, request.num_processes):
-        try:
-            parallel.initialize_distributed(
-                request.coordinator,
-                request.num_processes,
-                request.process_id,
-                timeout_s=request.distributed_timeout,
-            )
-        except RuntimeError as err:
-            raise ValueError(str(err)) from None
-    main_process = parallel.is_main_process()
-    if not main_process:  # process 0 speaks for the run
-        request = dataclasses.replace(request, echo=_silent)
-        echo = _silent
-    restored = None
-    if request.resume is not None:
-        if request.out is not None and request.out.absolute() != request.resume.absolute():
-            raise ValueError(
-                "give either --out (a new run) or --resume (an existing one), not both"
-            )
-        run_dir = request.resume
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"run folder not found: {run_dir}")
-    else:
-        cell = model_fields.get("cell", "rnn")
-        run_dir = request.out or Path("runs") / f"{cell}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if str(run_dir) in ("", "."):
-            raise ValueError("--out must name a folder")
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ValueError(f"--out {run_dir} is a file, not a folder")
-    run_config = RunConfig(**run_fields)
-
-    created = False
-    lock = RunLock(run_dir)
+        _join(request)
+    main = parallel.is_main_process()
+    echo = request.echo if main else _silent  # process 0 speaks for the run
+    run_dir = _run_dir(request, fields.model.get("cell", "rnn"))
+    run_config = RunConfig(**fields.run)  # checked before anything is done
+    lock, created = RunLock(run_dir), False
     try:
         if request.resume is None:
-            train_config = TrainConfig(**train_fields)
-            dataset = loop.load_dataset(train_config, cache_dir=_cache(run_config))
-            signals.check()
-            vocab_size = model_fields.pop("vocab_size", dataset.vocab_size)
-            if vocab_size != dataset.vocab_size:
-                raise ValueError(
-                    f"the config's vocab_size {vocab_size} differs from the corpus's "
-                    f"{dataset.vocab_size}"
-                )
-            model_config = ModelConfig(vocab_size=dataset.vocab_size, **model_fields)
-            if train_config.sample_prefix is None:  # stored, so sampling never rereads the text
-                prefixes = tuple(loop.default_prefixes(dataset))
-                train_config = dataclasses.replace(train_config, sample_prefix=prefixes)
-            loop.check_run(model_config, train_config, dataset, run_config)
-            signals.check()
-            if main_process:
-                echo(loop.describe_data(train_config, dataset))
-            if main_process:
-                try:
-                    created = not run_dir.exists()
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                except OSError as err:
-                    raise ValueError(
-                        f"cannot create run folder {run_dir}: {err.strerror or err}"
-                    ) from None
-                lock.acquire()
-                if holds_run(run_dir):
-                    if checkpoint.has_checkpoints(run_dir):
-                        raise ValueError(
-                            f"--out {run_dir} already holds a run; continue it with "
-                            f"--resume {run_dir} or choose a new --out"
-                        )
-                    clear_run_files(run_dir)
-                    echo(
-                        f"restarting {run_dir}: it held no finished checkpoint and no "
-                        "process owns it"
-                    )
+            prepared = prepare_new(fields, run_config, run_dir, signals)
+            if main:
+                echo(input_pipeline.describe_data(prepared.train_config, prepared.dataset))
+                created = _open_new_folder(run_dir, lock, echo)
         else:
-            if main_process:
+            if main:
                 lock.acquire()
-            if not checkpoint.has_checkpoints(run_dir):
-                raise ValueError(
-                    f"{run_dir} holds no finished checkpoint to resume (its run stopped "
-                    f"before the first save); start it again with --out {run_dir}"
-                )
-            run_config = RunConfig(**{**_saved_run_config(run_dir), **run_fields})
-            signals.check()
-            restored = checkpoint.restore(
-                run_dir,
-                step=request.resume_step,
-                for_training=True,
-                sharding=_restore_sharding(run_config.devices),
-            )
-            model_config, train_config = _resumed_configs(
-                restored, model_fields, train_fields, explicit
-            )
-            dataset = loop.load_dataset(train_config, cache_dir=_cache(run_config))
-            signals.check()
-            _check_corpus(restored, dataset, run_dir)
-            loop.check_run(model_config, train_config, dataset, run_config)
-            signals.check()
-            if restored.step >= loop.total_steps(train_config, dataset):
+            prepared = prepare_resume(fields, request.resume_step, run_dir, signals)
+            restored, dataset = prepared.restored, prepared.dataset
+            if restored.step >= input_pipeline.total_steps(prepared.train_config, dataset):
                 echo(
                     f"{run_dir} has trained {restored.step} steps (epoch {restored.epoch}) "
                     "already; raise --epochs or --max-steps to go on"
                 )
-                return Outcome(run_dir, model_config, train_config, dataset, None)
-            if main_process:
-                report.read_jsonl(run_dir / loop.METRICS)  # refused before anything moves
-                moved, aside = checkpoint.set_aside_after(run_dir, restored.step)
-                loop.truncate_logs(run_dir, restored.step)
-                kept = ""
-                if moved:
-                    kept = (
-                        f"; its later checkpoints ({', '.join(map(str, moved))}) are kept in "
-                        f"{aside}"
-                    )
-                echo(f"resuming {run_dir} at step {restored.step} (epoch {restored.epoch}){kept}")
+                return Outcome(run_dir, prepared.model_config, prepared.train_config, dataset, None)
+            if main:
+                _open_resumed_folder(run_dir, restored, echo)
         signals.check()
-        lock.claim() if main_process else None
-        return _train(
-            request, signals, run_dir, model_config, train_config, run_config, dataset, restored
-        )
+        if main:
+            lock.claim()
+        return _train(prepared, signals, echo, request.progress if main else False)
     except BaseException:  # a signal, bad input, a failure: a folder this run made and
         # never checkpointed is not left behind
         if created and not checkpoint.has_checkpoints(run_dir):
@@ -372,80 +148,110 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         lock.release()
 
 
-def _train(
-    request: TrainRequest,
-    signals: Signals,
-    run_dir: Path,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    run_config: RunConfig,
-    dataset: Any,
-    restored: Any,
-) -> Outcome:
-    from rnn_jax import checkpoint, loop, parallel
-
-    main_process = parallel.is_main_process()
+def prepare_new(fields: Fields, run_config: RunConfig, run_dir: Path, signals: Signals) -> Prepared:
+    """The configs of a new run, its dataset, and the checks; nothing is written."""
+    model_fields = dict(fields.model)
+    train_config = TrainConfig(**fields.train)
+    dataset = input_pipeline.load_dataset(train_config, cache_dir=_cache(run_config))
+    signals.check()
+    vocab_size = model_fields.pop("vocab_size", dataset.vocab_size)
+    if vocab_size != dataset.vocab_size:
+        raise ValueError(
+            f"the config's vocab_size {vocab_size} differs from the corpus's {dataset.vocab_size}"
+        )
+    model_config = ModelConfig(vocab_size=dataset.vocab_size, **model_fields)
+    if train_config.sample_prefix is None:  # stored, so sampling never rereads the text
+        prefixes = tuple(input_pipeline.default_prefixes(dataset))
+        train_config = dataclasses.replace(train_config, sample_prefix=prefixes)
+    check_run(model_config, train_config, dataset, run_config)
+    signals.check()
     mesh = parallel.mesh_for(run_config.devices)
-    num_devices = 1 if mesh is None else parallel.num_devices(mesh)
-    if restored is not None and main_process:
-        before = (restored.extra or {}).get("num_devices", 1)
-        if before != num_devices:
-            request.echo(
-                f"note: {run_dir} was saved on {before} device(s) and resumes on {num_devices}: "
-                "the same run up to float32 reduction order"
+    return Prepared(run_dir, model_config, train_config, run_config, dataset, mesh)
+
+
+def prepare_resume(
+    fields: Fields, step: int | str | None, run_dir: Path, signals: Signals
+) -> Prepared:
+    """The checkpoint a resume continues, restored and verified, its configs with the
+    resumable changes the request makes (any other change refused, naming its flag), its
+    dataset (a changed corpus refused), and the checks; nothing is written."""
+    if not checkpoint.has_checkpoints(run_dir):
+        raise ValueError(
+            f"{run_dir} holds no finished checkpoint to resume (its run stopped "
+            f"before the first save); start it again with --out {run_dir}"
+        )
+    saved = (run_folder.read_config(run_dir) or {}).get("run", {})
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    run_config = RunConfig(**{**{k: v for k, v in saved.items() if k in names}, **fields.run})
+    signals.check()
+    mesh = parallel.mesh_for(run_config.devices)
+    restored = checkpoint.restore(run_dir, step=step, for_training=True, mesh=mesh)
+    model_config, train_config = _resumed_configs(restored, fields.model, fields.train)
+    dataset = input_pipeline.load_dataset(train_config, cache_dir=_cache(run_config))
+    signals.check()
+    _check_corpus(restored, dataset, run_dir)
+    check_run(model_config, train_config, dataset, run_config)
+    signals.check()
+    return Prepared(run_dir, model_config, train_config, run_config, dataset, mesh, restored)
+
+
+def _open_new_folder(run_dir: Path, lock: RunLock, echo: Callable[[str], None]) -> bool:
+    """Create (if need be) and lock a new run's folder; refuse one that holds a finished
+    run, restart a dead one. Returns whether this call created the folder."""
+    try:
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create run folder {run_dir}: {err.strerror or err}") from None
+    lock.acquire()
+    if run_folder.holds_run(run_dir):
+        if checkpoint.has_checkpoints(run_dir):
+            raise ValueError(
+                f"--out {run_dir} already holds a run; continue it with "
+                f"--resume {run_dir} or choose a new --out"
             )
+        run_folder.clear_run_files(run_dir)
+        echo(f"restarting {run_dir}: it held no finished checkpoint and no process owns it")
+    return created
+
+
+def _open_resumed_folder(
+    run_dir: Path, restored: checkpoint.Restored, echo: Callable[[str], None]
+) -> None:
+    """Set aside the checkpoints after the one resumed and drop what was logged after it
+    (an unreadable metrics file is refused first: nothing moves)."""
+    report.read_jsonl(run_dir / run_folder.METRICS)
+    moved, aside = run_folder.set_aside_after(run_dir, restored.step)
+    run_folder.truncate_logs(run_dir, restored.step)
+    kept = ""
+    if moved:
+        kept = f"; its later checkpoints ({', '.join(map(str, moved))}) are kept in {aside}"
+    echo(f"resuming {run_dir} at step {restored.step} (epoch {restored.epoch}){kept}")
+
+
+def _train(
+    prepared: Prepared, signals: Signals, echo: Callable[[str], None], progress: bool | None
+) -> Outcome:
+    """Train the prepared run to its budget or a signal; map failures to ``RunError``."""
+    run_dir, restored = prepared.run_dir, prepared.restored
+    main = parallel.is_main_process()
+    run_config = prepared.run_config
     manager = checkpoint.open_manager(run_dir, checkpoint.CheckpointConfig(keep=run_config.keep))
-    K = loop.batches_per_epoch(len(dataset.train), train_config.batch_size, train_config.num_steps)
-    total = loop.total_steps(train_config, dataset)
-    saved_any = restored is not None
-
-    def save(state: Any, record: dict[str, Any] | None, sums: dict[str, Any] | None) -> None:
-        nonlocal saved_any
-        step = int(state.step)
-        checkpoint.save(
-            manager,
-            state,
-            epoch=step // K,
-            model_config=model_config,
-            train_config=train_config,
-            vocab=dataset.vocab,
-            metrics=record,
-            corpus=dataset.fingerprint,
-            extra={"num_devices": num_devices, **({"sums": sums} if sums else {})},
-        )
-        saved_any = True
-
-    def on_record(state: Any, record: dict[str, Any]) -> None:
-        step = int(state.step)
-        epoch_end = step % K == 0
-        due = (
-            not saved_any
-            or step == total
-            or (epoch_end and (step // K) % run_config.save_every == 0)
-            or (run_config.save_every_steps and step % run_config.save_every_steps == 0)
-        )
-        if due:
-            save(state, record, None)
-
     try:
         result = loop.fit(
-            model_config,
-            train_config,
-            dataset,
+            prepared.model_config,
+            prepared.train_config,
+            prepared.dataset,
             state=None if restored is None else restored.state,
-            sums=None if restored is None else (restored.extra or {}).get("sums"),
-            out_dir=run_dir if main_process else None,
-            on_record=on_record,
-            should_stop=lambda: signals.received is not None,
-            on_start=signals.start_training,
-            echo=request.echo,
-            progress=request.progress if main_process else False,
+            sums=None if restored is None else restored.extra.get("sums"),
+            out_dir=run_dir if main else None,
+            actions=_actions(prepared, manager, signals, echo),
+            echo=echo,
+            progress=progress,
             run_config=run_config,
-            mesh=mesh,
+            mesh=prepared.mesh,
         )
-        if result.interrupted and int(result.state.step) not in manager.all_steps():
-            save(result.state, None, result.sums)
-    except loop.NonFiniteLossError as err:
+    except NonFiniteLossError as err:
         _close_or_fail(manager, run_dir)
         raise RunError(f"{err}{_last_good(manager)}") from None
     except checkpoint.CheckpointWriteError as err:
@@ -457,11 +263,210 @@ def _train(
             f"writing to {run_dir} failed ({err.strerror or err}){_last_good(manager)}"
         ) from None
     except BaseException:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # the error on its way out says what went wrong
             checkpoint.close(manager)
         raise
     _close_or_fail(manager, run_dir)
-    return Outcome(run_dir, model_config, train_config, dataset, result, signals.received)
+    return Outcome(
+        run_dir,
+        prepared.model_config,
+        prepared.train_config,
+        prepared.dataset,
+        result,
+        signals.received,
+    )
+
+
+def _actions(
+    prepared: Prepared,
+    manager: ocp.CheckpointManager,
+    signals: Signals,
+    echo: Callable[[str], None],
+) -> list[Save | StopWhen]:
+    """The life cycle's actions: saves, and the stop on a signal."""
+    run_config, restored = prepared.run_config, prepared.restored
+    num_devices = 1 if prepared.mesh is None else parallel.num_devices(prepared.mesh)
+    if restored is not None:
+        before = restored.extra.get("num_devices", 1)
+        if before != num_devices:
+            echo(
+                f"note: {prepared.run_dir} was saved on {before} device(s) and resumes on "
+                f"{num_devices}: the same run up to float32 reduction order"
+            )
+    save = Save(
+        manager,
+        Every(epochs=run_config.save_every, steps=run_config.save_every_steps, last=True),
+        model_config=prepared.model_config,
+        train_config=prepared.train_config,
+        vocab=prepared.dataset.vocab,
+        steps_per_epoch=input_pipeline.steps_per_epoch(prepared.train_config, prepared.dataset),
+        corpus=prepared.dataset.fingerprint,
+        num_devices=num_devices,
+        saved_any=restored is not None,
+    )
+    stop = StopWhen(lambda: signals.received is not None, on_start=signals.start_training)
+    return [save, stop]
+
+
+# --------------------------------------------------------------------------- configs, checks
+
+
+class Fields(NamedTuple):
+    """The config fields a request sets (by its config file or its flags), by section."""
+
+    model: dict[str, Any]
+    train: dict[str, Any]
+    run: dict[str, Any]
+
+
+def resolve_configs(request: TrainRequest) -> Fields:
+    """Merge the config file and the flags: the fields set either way."""
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    run: dict[str, Any] = {}
+    if request.config_file is not None:
+        sections = load_file(request.config_file)
+        model, train, run = sections["model"], sections["train"], sections["run"]
+    model = {**model, **request.model}
+    train = {**train, **request.train}
+    run = {**run, **request.run}
+    if train.get("corpus") is not None:
+        train["corpus"] = str(Path(train["corpus"]).expanduser().absolute())
+    return Fields(model, train, run)
+
+
+def _resumed_configs(
+    restored: checkpoint.Restored, model_fields: dict[str, Any], train_fields: dict[str, Any]
+) -> tuple[ModelConfig, TrainConfig]:
+    """The saved configs, with the resumable fields the user changed; any other change
+    is refused naming its flag."""
+    saved_model, saved_train = restored.model_config, restored.train_config
+    for name, value in model_fields.items():
+        if name in ("vocab_size", "compute_dtype"):
+            continue
+        if getattr(saved_model, name) != value:
+            raise ValueError(
+                f"{flag_name(ModelConfig, name)} {value} differs from the resumed run's "
+                f"{getattr(saved_model, name)}"
+            )
+    resumable = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable")}
+    changes = {}
+    candidate = TrainConfig(**{**to_dict(saved_train), **train_fields})
+    for name in train_fields:
+        value, saved = getattr(candidate, name), getattr(saved_train, name)
+        if value == saved:
+            continue
+        if name not in resumable:
+            raise ValueError(
+                f"{flag_name(TrainConfig, name)} {value} differs from the resumed run's {saved}"
+            )
+        changes[name] = value
+    model_config = saved_model
+    if "compute_dtype" in model_fields:
+        model_config = dataclasses.replace(saved_model, compute_dtype=model_fields["compute_dtype"])
+    return model_config, dataclasses.replace(saved_train, **changes)
+
+
+def _check_corpus(restored: checkpoint.Restored, dataset: Dataset, run_dir: Path) -> None:
+    saved = restored.corpus
+    if saved and saved.get("sha256") and saved.get("sha256") != dataset.fingerprint.get("sha256"):
+        where = restored.train_config.corpus or "the shipped corpus"
+        raise ValueError(
+            f"the corpus {where} changed since {run_dir} was trained (sha256 "
+            f"{saved['sha256'][:12]}... then, {dataset.fingerprint['sha256'][:12]}... now); "
+            "resuming would train on other text"
+        )
+    if dataset.vocab != restored.vocab:
+        raise ValueError(
+            f"the corpus now gives a different vocabulary than the one {run_dir} was trained with"
+        )
+
+
+def check_run(
+    model_config: ModelConfig, config: TrainConfig, dataset: Dataset, run_config: RunConfig
+) -> None:
+    """Everything that can be checked before the first step, so that nothing that can
+    fail then fails after training: the prefixes, the evaluation sizes, the memory the
+    model needs, the devices. Raises ``ValueError`` with one line."""
+    if model_config.vocab_size != dataset.vocab_size:
+        raise ValueError(
+            f"model vocab_size {model_config.vocab_size} != dataset vocab size {dataset.vocab_size}"
+        )
+    if config.sample_every or config.sample_prefix:
+        prefixes = input_pipeline.sample_prefixes(config, dataset)
+        encode_prefixes(prefixes, dataset.vocab, dataset.token, dataset.preprocess)
+    if config.eval_tokens is not None and config.eval_tokens < 2:
+        raise ValueError(f"eval_tokens must be at least 2, got {config.eval_tokens}")
+    check_memory(model_config, config)
+    parallel.check_devices(run_config.devices, config.batch_size)
+
+
+def check_memory(model_config: ModelConfig, config: TrainConfig) -> None:
+    """Refuse sizes whose parameters, optimizer state and activations cannot fit in this
+    machine's available memory, with the estimate, before anything is allocated."""
+    need = estimate_bytes(model_config, config)
+    available = _available_bytes()
+    if available is not None and need > available:
+        raise ValueError(
+            f"this model needs about {need / 2**30:,.1f} GiB to train (parameters, optimizer "
+            f"state, activations of B {config.batch_size} x T {config.num_steps}); "
+            f"{available / 2**30:,.1f} GiB is available"
+        )
+
+
+def estimate_bytes(model_config: ModelConfig, config: TrainConfig) -> int:
+    """A lower bound of training memory in bytes: parameters, gradients and optimizer
+    state (4 copies, float32), and what the scan saves for the backward pass."""
+    V, H, L = model_config.vocab_size, model_config.num_hiddens, model_config.num_layers
+    gates = model_config.num_gates
+    params = L * gates * (2 * H * H + H) + V * gates * H + H * V + V
+    B, T = config.batch_size, config.num_steps
+    activations = L * T * B * H * (2 * gates + 2) + 2 * T * B * V
+    return 4 * (4 * params + activations)
+
+
+def _available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _join(request: TrainRequest) -> None:
+    """Join the multi-process run the request (or the cluster's environment) describes."""
+    try:
+        parallel.initialize_distributed(
+            request.coordinator,
+            request.num_processes,
+            request.process_id,
+            timeout_s=request.distributed_timeout,
+        )
+    except RuntimeError as err:
+        raise ValueError(str(err)) from None
+
+
+def _run_dir(request: TrainRequest, cell: str) -> Path:
+    """The run folder the request names (``--out``, ``--resume``, or a new one for ``cell``)."""
+    if request.resume is not None:
+        if request.out is not None and request.out.absolute() != request.resume.absolute():
+            raise ValueError(
+                "give either --out (a new run) or --resume (an existing one), not both"
+            )
+        if not request.resume.is_dir():
+            raise FileNotFoundError(f"run folder not found: {request.resume}")
+        return request.resume
+    run_dir = request.out or Path("runs") / f"{cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if str(run_dir) in ("", "."):
+        raise ValueError("--out must name a folder")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} is a file, not a folder")
+    return run_dir
 
 
 def _silent(text: str) -> None:
@@ -473,26 +478,7 @@ def _cache(run_config: RunConfig) -> str | bool | None:
     return (run_config.cache_dir or True) if run_config.cache else None
 
 
-def _restore_sharding(devices: int | None) -> Any:
-    """Where a resumed state's arrays go: one device, or the run's mesh (the hidden
-    state's rows over ``data``, everything else replicated)."""
-    from rnn_jax import parallel
-
-    mesh = parallel.mesh_for(devices)
-    if mesh is None:
-        return None
-    rows, whole = parallel.data_sharding(mesh), parallel.replicated(mesh)
-
-    def sharding(path: Any, shape: tuple[int, ...]) -> Any:
-        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        return rows if "hidden" in keys else whole
-
-    return sharding
-
-
-def _close_or_fail(manager: Any, run_dir: Path) -> None:
-    from rnn_jax import checkpoint
-
+def _close_or_fail(manager: ocp.CheckpointManager, run_dir: Path) -> None:
     try:
         checkpoint.close(manager)
     except checkpoint.CheckpointWriteError as err:
@@ -508,75 +494,18 @@ def _without_spec(err: Exception) -> str:
 def _drop_unfinished_saves(run_dir: Path) -> None:
     """Remove the temporary folders of saves that failed (Orbax would remove them when
     the folder is next opened for writing; a failed run leaves none behind)."""
-    from rnn_jax import checkpoint
-
     for partial in checkpoint.checkpoint_dir(run_dir).glob("*.orbax-checkpoint-tmp*"):
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _last_good(manager: Any) -> str:
+def _last_good(manager: ocp.CheckpointManager) -> str:
     latest = manager.latest_step()
     if latest is None:
         return "; no checkpoint was written: run the same command again to restart the folder"
     return f"; the last good checkpoint is step {latest}"
 
 
-def _resumed_configs(
-    restored: Any, model_fields: dict[str, Any], train_fields: dict[str, Any], explicit: set[str]
-) -> tuple[ModelConfig, TrainConfig]:
-    """The saved configs, with the resumable fields the user changed; any other change
-    is refused naming its flag."""
-    saved_model, saved_train = restored.model_config, restored.train_config
-    for name, value in model_fields.items():
-        if name == "vocab_size":
-            continue
-        if name == "compute_dtype":
-            continue
-        if getattr(saved_model, name) != value:
-            raise ValueError(
-                f"{_flag('model', name)} {value} differs from the resumed run's "
-                f"{getattr(saved_model, name)}"
-            )
-    resumable = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable")}
-    changes = {}
-    candidate = TrainConfig(**{**to_dict(saved_train), **train_fields})
-    for name in train_fields:
-        value, saved = getattr(candidate, name), getattr(saved_train, name)
-        if value == saved:
-            continue
-        if name not in resumable:
-            raise ValueError(
-                f"{_flag('train', name)} {value} differs from the resumed run's {saved}"
-            )
-        changes[name] = value
-    model_config = saved_model
-    if "compute_dtype" in model_fields:
-        model_config = dataclasses.replace(saved_model, compute_dtype=model_fields["compute_dtype"])
-    return model_config, dataclasses.replace(saved_train, **changes)
-
-
-def _saved_run_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        saved = json.loads((run_dir / "config.json").read_text("utf-8")).get("run", {})
-    except (OSError, ValueError):
-        return {}
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return {k: v for k, v in saved.items() if k in names}
-
-
-def _check_corpus(restored: Any, dataset: Any, run_dir: Path) -> None:
-    saved = restored.corpus
-    if saved and saved.get("sha256") and saved.get("sha256") != dataset.fingerprint.get("sha256"):
-        where = restored.train_config.corpus or "the shipped corpus"
-        raise ValueError(
-            f"the corpus {where} changed since {run_dir} was trained (sha256 "
-            f"{saved['sha256'][:12]}... then, {dataset.fingerprint['sha256'][:12]}... now); "
-            "resuming would train on other text"
-        )
-    if dataset.vocab != restored.vocab:
-        raise ValueError(
-            f"the corpus now gives a different vocabulary than the one {run_dir} was trained with"
-        )
+# --------------------------------------------------------------------------- entry points
 
 
 def train(
@@ -610,9 +539,6 @@ def train(
     return execute(request, signals)
 
 
-# --------------------------------------------------------------------------- the CLI's wrapper
-
-
 def train_from_request(request: TrainRequest, signals: Signals | None = None) -> int:
     """``rnn-jax train``: run ``execute`` (or a sweep) and print its report; the exit
     status (0, or 128 + signal) is returned, failures raise for the CLI to print.
@@ -620,68 +546,58 @@ def train_from_request(request: TrainRequest, signals: Signals | None = None) ->
     with contextlib.nullcontext(signals) if signals else Signals() as signals:
         if request.seeds is not None:
             signals.__exit__()  # a sweep is not resumable: a signal stops it (KeyboardInterrupt)
-            return _train_sweep(request)
+            return train_seeds(request)
         outcome = execute(request, signals)
         return _report(request, outcome)  # under the handlers: a late signal is only noted
 
 
 def _report(request: TrainRequest, outcome: Outcome) -> int:
-    from rnn_jax import parallel
-
-    if not parallel.is_main_process():  # process 0 reports for the run
-        request = dataclasses.replace(request, echo=_silent)
+    echo = request.echo if parallel.is_main_process() else _silent  # process 0 reports
     result = outcome.result
     if result is None:
         return 0
     if outcome.signum is not None and result.interrupted:
         name = signal.Signals(outcome.signum).name
-        request.echo(
+        echo(
             f"{name}: saved step {int(result.state.step)} to {outcome.run_dir}; "
             f"continue with: rnn-jax train --resume {outcome.run_dir}"
         )
         return 128 + outcome.signum
     if result.history:
-        from rnn_jax import loop
-
-        request.echo(
-            f"done: {loop.summary(result.history[-1], outcome.train_config)}, train step "
+        echo(
+            f"done: {report.summary(result.history[-1])}, train step "
             f"compiled in {result.compile_s:.2f} s; run folder {outcome.run_dir}"
         )
     return 0
 
 
+# --------------------------------------------------------------------------- seeds
+
+
 def default_sweep_mode() -> str:
     """``loop`` on CPU, where a loop of jitted solo steps measured faster than one vmapped
     step in 7 of 8 settings (``benchmarks/results/sweep``); ``vmap`` on accelerators."""
-    import jax
-
     return "loop" if jax.default_backend() == "cpu" else "vmap"
 
 
-def _train_sweep(request: TrainRequest) -> int:
+def train_seeds(request: TrainRequest) -> int:
     """``rnn-jax train --seeds S,S,...``: one member per seed, trained together
     (``rnn_jax.sweep``), each in its own subfolder, the parent folder holding
     ``sweep.json`` and the mean and min-max band of the members' curves."""
-    import statistics
-
-    from rnn_jax import loop, sweep
-
     if request.resume is not None:
         raise ValueError(
             "--seeds starts a new sweep; continue one member with --resume RUN/member-..."
         )
-    model_fields, train_fields, run_fields, _ = resolve_configs(request)
-    train_config = TrainConfig(**train_fields)
-    run_config = RunConfig(**run_fields)
-    dataset = loop.load_dataset(train_config, cache_dir=_cache(run_config))
-    model_fields.pop("vocab_size", None)
-    model_config = ModelConfig(vocab_size=dataset.vocab_size, **model_fields)
-    loop.check_run(model_config, train_config, dataset, run_config)
-    members = sweep.grid(model_config, train_config, seeds=request.seeds)
+    fields = resolve_configs(request)
+    cell = fields.model.get("cell", "rnn")
+    run_dir = request.out or Path("runs") / f"{cell}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
+    signals = Signals()
+    signals.training = True  # a sweep is not resumable: a signal stops it (KeyboardInterrupt)
+    prepared = prepare_new(fields, RunConfig(**fields.run), run_dir, signals)
+    train_config, dataset = prepared.train_config, prepared.dataset
+    members = sweep.grid(prepared.model_config, train_config, seeds=request.seeds)
     sweep.validate_members(members)
     mode = request.sweep_mode or default_sweep_mode()
-    cell = model_config.cell
-    run_dir = request.out or Path("runs") / f"{cell}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -690,206 +606,39 @@ def _train_sweep(request: TrainRequest) -> int:
     lock = RunLock(run_dir)
     try:
         lock.acquire()
-        if any(run_dir.iterdir()) and set(p.name for p in run_dir.iterdir()) != {LOCK}:
+        if {p.name for p in run_dir.iterdir()} - {run_folder.LOCK}:
             raise ValueError(f"--out {run_dir} is not empty; choose a new --out for a sweep")
         lock.claim()
-        request.echo(loop.describe_data(train_config, dataset))
+        request.echo(input_pipeline.describe_data(train_config, dataset))
         request.echo(
             f"{len(members)} members (seeds {', '.join(map(str, request.seeds or ()))}), {mode}"
         )
         results = sweep.fit_sweep(members, dataset, out_dir=run_dir, mode=mode, echo=request.echo)
     except BaseException:
-        if created and not any(checkpoint_steps(run_dir)):
+        if created and not _member_checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
         lock.release()
+    _report_seeds(request.echo, results, run_dir)
+    return 0
+
+
+def _member_checkpoints(run_dir: Path) -> list[int]:
+    """The finished checkpoints of every member folder below ``run_dir``."""
+    return [s for sub in run_dir.glob("member-*") for s in checkpoint.finished_steps(sub)]
+
+
+def _report_seeds(
+    echo: Callable[[str], None], results: list[sweep.MemberResult], run_dir: Path
+) -> None:
     finals = [r.history[-1] for r in results if r.history and not r.diverged]
     for key, name in (("train_ppl", "perplexity"), ("val_ppl", "validation perplexity")):
         values = [f[key] for f in finals if f.get(key) is not None]
         if len(values) >= 2:
-            request.echo(
+            echo(
                 f"{name}: mean {statistics.mean(values):.3f}, std {statistics.stdev(values):.3f}, "
                 f"min {min(values):.3f}, max {max(values):.3f} over {len(values)} members"
             )
     diverged = sum(r.diverged for r in results)
-    request.echo(f"done: {len(results)} members ({diverged} diverged); run folder {run_dir}")
-    return 0
-
-
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    """The finished checkpoints of every member folder below ``run_dir``."""
-    from rnn_jax import checkpoint
-
-    return [s for sub in run_dir.glob("member-*") for s in checkpoint.finished_steps(sub)]
-
-
-# --------------------------------------------------------------------------- readers
-
-
-def evaluate_checkpoint(
-    run_dir: Path,
-    *,
-    step: int | str | None = None,
-    corpus: Path | None = None,
-    eval_tokens: int | None = None,
-    echo: Callable[[str], None] = print,
-) -> int:
-    """``rnn-jax eval``: perplexity (and bits per character for char tokens) of a
-    checkpoint on its validation split or on ``corpus``; says when the training corpus
-    changed since."""
-    import jax.numpy as jnp
-
-    from rnn_jax import checkpoint, data, loop
-    from rnn_jax import step as step_lib
-    from rnn_jax.loss import bits_per_token, perplexity
-
-    restored = checkpoint.restore(run_dir, step=step)
-    config = restored.train_config
-    if corpus is None:
-        dataset = loop.load_dataset(config)
-        if restored.corpus and restored.corpus.get("sha256") not in (
-            None,
-            dataset.fingerprint.get("sha256"),
-        ):
-            echo(
-                f"note: the training corpus {config.corpus or '(shipped)'} changed since "
-                f"{run_dir} was trained; scoring its current validation split"
-            )
-        tokens = dataset.val
-        if len(tokens) < 2:
-            raise ValueError(f"the run in {run_dir} has no validation split; name a --corpus")
-        what = "the validation split"
-    else:
-        tokens = data.encode_corpus(corpus, restored.vocab, config.token, config.preprocess)
-        if len(tokens) < 2:
-            raise ValueError(f"corpus {corpus} has fewer than 2 tokens after preprocessing")
-        what = str(corpus)
-    if eval_tokens is not None:
-        tokens = tokens[:eval_tokens]
-    Xs, Ys = data.eval_batches(tokens, config.batch_size, config.num_steps)
-    evaluate = step_lib.make_evaluate(restored.model_config)
-    batches = (jnp.asarray(Xs), jnp.asarray(Ys))
-    evaluate(restored.params, *batches)[0].block_until_ready()  # compile
-    started = time.perf_counter()
-    nll, count = evaluate(restored.params, *batches)
-    nll.block_until_ready()
-    seconds = time.perf_counter() - started
-    ppl = perplexity(nll, count)
-    unit = ""
-    if config.token == "char":
-        unit = f" ({bits_per_token(ppl):.4f} bits per character)"
-    else:
-        unk = float((Ys == restored.vocab.unk).mean())
-        unit = f" ({unk:.2%} of the scored tokens are <unk>)"
-    echo(
-        f"step {restored.step}: perplexity {ppl:.3f}{unit} on {int(count):,} tokens of "
-        f"{what}, {int(count) / seconds:,.0f} tokens/s"
-    )
-    return 0
-
-
-def sample_checkpoint(
-    run_dir: Path,
-    *,
-    prefixes: list[str] | None,
-    num_preds: int,
-    step: int | str | None,
-    sampling: Any,
-    seed: int,
-    echo: Callable[[str], None] = print,
-) -> int:
-    """``rnn-jax sample``: each prefix and its continuation, as the text is (a model
-    trained on raw text prints newlines as newlines)."""
-    import jax
-
-    from rnn_jax import checkpoint, sample
-
-    restored = checkpoint.restore(run_dir, step=step)
-    config = restored.train_config
-    prefixes = prefixes or list(config.sample_prefix or ()) or [_first_tokens(restored)]
-    texts = sample.predict(
-        prefixes,
-        num_preds,
-        restored.model_config,
-        restored.params,
-        restored.vocab,
-        config.token,
-        sampling=sampling,
-        key=jax.random.key(seed),
-        preprocess=config.preprocess,
-    )
-    for text in texts:
-        echo(text)
-    return 0
-
-
-def _first_tokens(restored: Any) -> str:
-    """The default prefix of a run saved before its config stored it (reads the corpus)."""
-    from rnn_jax import loop
-
-    dataset = loop.load_dataset(restored.train_config)
-    return loop.default_prefixes(dataset)[0]
-
-
-def describe(run_dir: Path) -> str:
-    """``rnn-jax info``: the run's config summary and its checkpoints as a table."""
-    from rnn_jax import checkpoint
-
-    run_dir = Path(run_dir)
-    lines = [f"run folder {run_dir}"]
-    try:
-        config = json.loads((run_dir / "config.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        config = None
-    if config:
-        m, t = config.get("model", {}), config.get("train", {})
-        lines.append(
-            f"  model: {m.get('cell')} x{m.get('num_layers')}, H {m.get('num_hiddens')}, "
-            f"V {m.get('vocab_size')}, init {m.get('init')}, {m.get('compute_dtype')}"
-        )
-        lines.append(
-            f"  data: {t.get('corpus') or 'the shipped Time Machine'}, {t.get('preprocess')} "
-            f"{t.get('token')} tokens, max_tokens {t.get('max_tokens')}, "
-            f"B {t.get('batch_size')} x T {t.get('num_steps')}, {t.get('partition')}"
-        )
-        lines.append(
-            f"  optimizer: {t.get('optimizer')} lr {t.get('lr')} ({t.get('schedule')}), "
-            f"theta {t.get('theta')}, epochs {t.get('num_epochs')}, "
-            f"max_steps {t.get('max_steps')}, seed {t.get('seed')}"
-        )
-    owner = _owner(run_dir)
-    if owner:
-        lines.append(f"  in use by {owner}")
-    infos = checkpoint.list_checkpoints(run_dir, verify=True)
-    if not infos:
-        lines.append("  no finished checkpoint")
-        return "\n".join(lines)
-    lines.append("")
-    lines.append("| step | epoch | train ppl | val ppl | intact | |")
-    lines.append("|---:|---:|---:|---:|---|---|")
-    for info in infos:
-        tags = ", ".join(t for t, on in (("latest", info.is_latest), ("best", info.is_best)) if on)
-        epoch = "" if info.epoch is None else info.epoch
-        lines.append(
-            f"| {info.step} | {epoch} | {_fmt(info.train_ppl)} | {_fmt(info.val_ppl)} | "
-            f"{'yes' if info.intact else 'NO'} | {tags} |"
-        )
-    damaged = [f"  {info.problem}" for info in infos if not info.intact and info.problem]
-    return "\n".join(lines + (["", *damaged] if damaged else []))
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
-
-
-def _owner(run_dir: Path) -> str | None:
-    path = run_dir / LOCK
-    if not path.exists():
-        return None
-    with path.open("r") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return handle.read().strip() or "another process"
-    return None
+    echo(f"done: {len(results)} members ({diverged} diverged); run folder {run_dir}")

@@ -28,7 +28,6 @@ text. The rule: with B prefixes, row ``i`` samples with ``row_key = split(key, B
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -36,44 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import model
-from rnn_jax.config import ModelConfig
-from rnn_jax.data import Vocab, decode, encode
-
-STRATEGIES = ("greedy", "temperature", "top-k", "top-p", "beam")
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    strategy: str = "greedy"  # one of STRATEGIES
-    temperature: float = 1.0  # divides the logits of temperature/top-k/top-p; -> 0 is greedy
-    top_k: int | None = None  # top-k: sample among the k most likely tokens
-    top_p: float | None = None  # top-p: sample among the most likely tokens of mass p
-    beam_size: int = 4  # beam: continuations kept at each step (1 is greedy)
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if self.top_k is not None and (_not_int(self.top_k) or self.top_k < 1):
-            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if _not_int(self.beam_size) or self.beam_size < 1:
-            raise ValueError(f"beam_size must be an integer >= 1, got {self.beam_size!r}")
-        if self.strategy == "top-k" and self.top_k is None:
-            raise ValueError("strategy 'top-k' needs top_k")
-        if self.strategy == "top-p" and self.top_p is None:
-            raise ValueError("strategy 'top-p' needs top_p")
-
-    @property
-    def stochastic(self) -> bool:
-        return self.strategy in ("temperature", "top-k", "top-p")
-
-
-def _not_int(value: object) -> bool:
-    return not isinstance(value, int) or isinstance(value, bool)
-
+from rnn_jax.config import ModelConfig, SamplingConfig
+from rnn_jax.data import Vocab, decode, encode_prefixes
 
 # ------------------------------------------------------------------ filters on logits (..., V)
 
@@ -256,19 +219,6 @@ def beam_search(
 
 
 # ------------------------------------------------------------------ text in, text out
-
-
-def encode_prefixes(
-    prefixes: list[str], vocab: Vocab, token: str = "char", preprocess: str = "book"
-) -> list[np.ndarray]:
-    """Prefixes -> one int32 ``(P_i,)`` array each (lengths may differ); refuses unknown
-    tokens (``encode``'s rules for ``preprocess``) and empty prefixes."""
-    if not prefixes:
-        raise ValueError("need at least one prefix")
-    encoded = [encode(p, vocab, token, preprocess) for p in prefixes]
-    if any(len(e) == 0 for e in encoded):
-        raise ValueError("a prefix must hold at least one token")
-    return encoded
 
 
 def _row_keys(key: jax.Array, num_rows: int) -> jax.Array:

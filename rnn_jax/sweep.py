@@ -48,9 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import checkpoint, data, loop, model, report, step
-from rnn_jax.config import ModelConfig, TrainConfig
-from rnn_jax.loss import perplexity
+from rnn_jax import checkpoint, input_pipeline, loop, model, report, run_folder, step
+from rnn_jax.actions import Action, At, Evaluate, Every, NonFiniteLossError, RecordPoint
+from rnn_jax.config import ModelConfig, RunConfig, TrainConfig
+from rnn_jax.input_pipeline import Dataset
+from rnn_jax.loop import train_loop
 from rnn_jax.step import Batch, Metrics, TrainState
 
 SWEEP_JSON = "sweep.json"
@@ -261,7 +263,7 @@ def make_sweep_evaluate(model_config: ModelConfig) -> Callable[..., Any]:
 
 def fit_sweep(
     members: Sequence[Member],
-    dataset: loop.Dataset,
+    dataset: Dataset,
     *,
     out_dir: Path | None = None,
     mode: str = "vmap",
@@ -302,7 +304,7 @@ def fit_sweep(
         for result in results:
             _save_checkpoint(result, dataset)
         write_summary(Path(out_dir), results, mode=mode, wall_s=wall_s)
-        plot_groups(results, Path(out_dir) / loop.PLOT)
+        plot_groups(results, Path(out_dir) / run_folder.PLOT)
     return results
 
 
@@ -314,88 +316,119 @@ def member_title(member: Member) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in member.hyperparameters.items())
 
 
+class SweepSteps:
+    """The members' steps as one (``loop.Steps``): ``sweep_step`` compiled ahead of the
+    loop, each epoch's minibatches ``(K, M, B, T)`` materialised when it begins."""
+
+    def __init__(
+        self, members: list[Member], dataset: Dataset, state: TrainState, train_step: StepFn
+    ) -> None:
+        first = members[0]
+        self.members, self.dataset = members, dataset
+        self.model_config, config = first.model_config, first.config
+        self.steps_per_epoch = input_pipeline.steps_per_epoch(config, dataset)
+        self.tokens_per_batch = config.batch_size * config.num_steps
+        step_fn = make_sweep_step(
+            self.model_config,
+            member_optimizer(config),
+            config.partition == "sequential",
+            train_step=train_step,
+        )
+        self.Xs, self.Ys = _sweep_batches(members, dataset, 0)
+        started = time.perf_counter()
+        self.step = step_fn.lower(state, (self.Xs[0], self.Ys[0])).compile()
+        self.compile_s = time.perf_counter() - started
+
+    def begin_epoch(self, state: TrainState, epoch: int, fresh: bool) -> TrainState:
+        if epoch > 0:
+            self.Xs, self.Ys = _sweep_batches(self.members, self.dataset, epoch)
+        if not fresh:
+            return state
+        B, M = self.members[0].config.batch_size, len(self.members)
+        return state.replace(hidden=stack([model.zero_state(self.model_config, B)] * M))
+
+    def __call__(self, state: TrainState, k: int) -> tuple[TrainState, Metrics]:
+        return self.step(state, (self.Xs[k], self.Ys[k]))
+
+    def learning_rates(self, state: TrainState) -> None:
+        return None  # each member's is its config's, in sweep.json
+
+
+class MarkDiverged(Action):
+    """A member whose training perplexity became non-finite is marked ``diverged`` from
+    then on, its perplexities infinite; it runs on, disturbing no other member."""
+
+    def __init__(self, num_members: int) -> None:
+        self.diverged = np.zeros(num_members, bool)
+
+    def __call__(self, state: TrainState, point: RecordPoint) -> None:
+        for i, record in enumerate(point.records):
+            self.diverged[i] |= not math.isfinite(record["train_ppl"])
+            if self.diverged[i]:
+                record["train_ppl"] = math.inf
+                if record["val_ppl"] is not None:
+                    record["val_ppl"] = math.inf
+            record["diverged"] = bool(self.diverged[i])
+
+
+class MemberRecords(Action):
+    """Each member's records: its folder's ``config.json`` at the start and a line of its
+    ``metrics.jsonl`` at each record; all members' perplexities as a line of text."""
+
+    def __init__(
+        self, members: list[Member], dirs: list[Path | None], echo: Callable[[str], None]
+    ) -> None:
+        self.members, self.dirs, self.echo = members, dirs, echo
+
+    def start(self, state: TrainState) -> None:
+        for m, d in zip(self.members, self.dirs, strict=True):
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+                (d / run_folder.METRICS).unlink(missing_ok=True)
+                run_folder.write_config(d, m.model_config, m.config, RunConfig())
+
+    def __call__(self, state: TrainState, point: RecordPoint) -> None:
+        for d, record in zip(self.dirs, point.records, strict=True):
+            if d is not None:
+                report.append_jsonl(d / run_folder.METRICS, record)
+        num_epochs = self.members[0].config.num_epochs
+        self.echo(
+            _format_epoch(point.at.epoch, num_epochs, point.records, point.records[0]["wall_s"])
+        )
+
+
 def _fit_vmap(
     members: list[Member],
-    dataset: loop.Dataset,
+    dataset: Dataset,
     dirs: list[Path | None],
     echo: Callable[[str], None],
     train_step: StepFn,
 ) -> list[MemberResult]:
-    first = members[0]
-    model_config, config = first.model_config, first.config
-    M = len(members)
-    K = loop.batches_per_epoch(len(dataset.train), config.batch_size, config.num_steps)
-    tokens_per_batch = config.batch_size * config.num_steps
-    optimizer = member_optimizer(config)
+    model_config, config = members[0].model_config, members[0].config
     state = init_sweep_state(members)
-    step_fn = make_sweep_step(
-        model_config, optimizer, config.partition == "sequential", train_step=train_step
-    )
-    Xs, Ys = _sweep_batches(members, dataset, 0)
-    started = time.perf_counter()
-    compiled = step_fn.lower(state, (Xs[0], Ys[0])).compile()
-    compile_s = time.perf_counter() - started
-    evaluate = make_sweep_evaluate(model_config)
+    steps = SweepSteps(members, dataset, state, train_step)
     val_batches = None
     if len(dataset.val) >= 2:
-        val_batches = tuple(
-            map(jnp.asarray, data.eval_batches(dataset.val, config.batch_size, config.num_steps))
-        )
-    for m, d in zip(members, dirs, strict=True):
-        if d is not None:
-            d.mkdir(parents=True, exist_ok=True)
-            (d / loop.METRICS).unlink(missing_ok=True)
-            loop.write_run_config(d, m.model_config, m.config)
-
-    histories: list[list[dict[str, Any]]] = [[] for _ in members]
-    diverged = np.zeros(M, bool)
-    for epoch in range(config.num_epochs):
-        if epoch > 0:
-            Xs, Ys = _sweep_batches(members, dataset, epoch)
-        state = state.replace(hidden=stack([model.zero_state(model_config, config.batch_size)] * M))
-        loss_sum = jnp.zeros((M,))
-        grad_norm_sum = jnp.zeros((M,))
-        clipped_sum = jnp.zeros((M,), jnp.int32)
-        started = time.perf_counter()
-        for k in range(K):
-            state, metrics = compiled(state, (Xs[k], Ys[k]))
-            loss_sum += metrics["loss"]
-            grad_norm_sum += metrics["grad_norm"]
-            clipped_sum += metrics["clipped"]
-        loss_sum, grad_norm_sum, clipped_sum = jax.device_get(
-            (loss_sum, grad_norm_sum, clipped_sum)
-        )
-        train_s = time.perf_counter() - started
-        val = [None] * M
-        if val_batches is not None and loop.due(config.eval_every, epoch, config.num_epochs):
-            nlls, counts = jax.device_get(evaluate(state.params, *val_batches))
-            val = [perplexity(n, c) for n, c in zip(nlls, counts, strict=True)]
-        for i in range(M):
-            train_ppl = perplexity(loss_sum[i], K)
-            diverged[i] |= not math.isfinite(train_ppl)
-            record = {
-                "epoch": epoch + 1,
-                "step": (epoch + 1) * K,
-                "train_ppl": math.inf if diverged[i] else train_ppl,
-                "val_ppl": math.inf if diverged[i] and val[i] is not None else val[i],
-                "tokens_per_s": K * tokens_per_batch / train_s,
-                "grad_norm": float(grad_norm_sum[i]) / K,
-                "wall_s": train_s,
-                "clipped_fraction": int(clipped_sum[i]) / K,
-                "diverged": bool(diverged[i]),
-            }
-            histories[i].append(record)
-            if dirs[i] is not None:
-                report.append_jsonl(dirs[i] / loop.METRICS, record)
-        echo(_format_epoch(epoch, config.num_epochs, [h[-1] for h in histories], train_s))
+        Xv, Yv = input_pipeline.eval_batches(dataset.val, config.batch_size, config.num_steps)
+        val_batches = (jnp.asarray(Xv), jnp.asarray(Yv))
+    char = dataset.token == "char"
+    evaluate = Evaluate(
+        Every(epochs=config.eval_every), make_sweep_evaluate(model_config), val_batches, char
+    )
+    diverged = MarkDiverged(len(members))
+    total = config.num_epochs * steps.steps_per_epoch
+    actions = [evaluate, diverged, MemberRecords(members, dirs, echo)]
+    state, points, _ = train_loop(
+        steps, state, actions, total=total, num_epochs=config.num_epochs, char=char
+    )
     jax.block_until_ready(state)
     return [
         MemberResult(
             member=m,
-            state=None if diverged[i] else solo_state(unstack(state, i), m.config),
-            history=histories[i],
-            compile_s=compile_s,
-            diverged=bool(diverged[i]),
+            state=None if diverged.diverged[i] else solo_state(unstack(state, i), m.config),
+            history=[point.records[i] for point in points],
+            compile_s=steps.compile_s,
+            diverged=bool(diverged.diverged[i]),
             run_dir=dirs[i],
         )
         for i, m in enumerate(members)
@@ -403,54 +436,63 @@ def _fit_vmap(
 
 
 def _sweep_batches(
-    members: list[Member], dataset: loop.Dataset, epoch: int
+    members: list[Member], dataset: Dataset, epoch: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The members' minibatches of ``epoch`` as ``(K, M, B, T)``: each member's from its own
     ``(seed, epoch)`` (members sharing a seed share them)."""
     by_seed = {}
     for m in members:
         if m.config.seed not in by_seed:
-            by_seed[m.config.seed] = loop.epoch_batches(dataset, m.config, epoch).materialise()
+            by_seed[m.config.seed] = input_pipeline.train_plan(
+                dataset, m.config, epoch
+            ).materialise()
     Xs = np.stack([by_seed[m.config.seed][0] for m in members], axis=1)
     Ys = np.stack([by_seed[m.config.seed][1] for m in members], axis=1)
     return Xs, Ys
 
 
+class EpochRecords(Action):
+    """A member's epoch records as a sweep reports them (loop mode)."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+
+    def __call__(self, state: TrainState, point: RecordPoint) -> None:
+        if point.at.epoch_end:
+            self.history.append({**point.record, "clipped_fraction": None, "diverged": False})
+
+
 def _fit_solo(
-    member: Member, dataset: loop.Dataset, run_dir: Path | None, echo: Callable[[str], None]
+    member: Member, dataset: Dataset, run_dir: Path | None, echo: Callable[[str], None]
 ) -> MemberResult:
     """``member`` trained alone by ``loop.fit``; a ``NonFiniteLossError`` marks it diverged
     and fills its remaining epochs with infinite perplexities."""
     config = member.config
     if run_dir is not None:
-        (run_dir / loop.METRICS).unlink(missing_ok=True)
-    history: list[dict[str, Any]] = []
-
-    def on_epoch_end(_: TrainState, record: dict[str, Any]) -> None:
-        record.update(clipped_fraction=None, diverged=False)  # before fit writes it
-        history.append(record)
-
+        (run_dir / run_folder.METRICS).unlink(missing_ok=True)
+    epochs = EpochRecords()
+    history = epochs.history
     try:
         result = loop.fit(
             member.model_config,
             config,
             dataset,
             out_dir=run_dir,
-            on_epoch_end=on_epoch_end,
+            actions=[epochs],
             echo=echo,
             progress=False,
         )
-    except loop.NonFiniteLossError as err:
+    except NonFiniteLossError as err:
         echo(f"{member_title(member)}, seed {config.seed}: diverged ({err})")
-        K = loop.batches_per_epoch(len(dataset.train), config.batch_size, config.num_steps)
+        K = input_pipeline.steps_per_epoch(config, dataset)
+        every = Every(epochs=config.eval_every)
         for epoch in range(len(history), config.num_epochs):
+            at = At((epoch + 1) * K, K, config.num_epochs * K, config.num_epochs)
             record = {
                 "epoch": epoch + 1,
                 "step": (epoch + 1) * K,
                 "train_ppl": math.inf,
-                "val_ppl": math.inf
-                if loop.due(config.eval_every, epoch, config.num_epochs)
-                else None,
+                "val_ppl": math.inf if every(at) else None,
                 "tokens_per_s": None,
                 "grad_norm": None,
                 "wall_s": None,
@@ -459,7 +501,7 @@ def _fit_solo(
             }
             history.append(record)
             if run_dir is not None:
-                report.append_jsonl(run_dir / loop.METRICS, record)
+                report.append_jsonl(run_dir / run_folder.METRICS, record)
         return MemberResult(member, None, history, math.nan, True, run_dir)
     return MemberResult(member, result.state, history, result.compile_s, False, run_dir)
 
@@ -472,7 +514,7 @@ def _format_epoch(epoch: int, num_epochs: int, records: list[dict[str, Any]], wa
 # --------------------------------------------------------------------------- outputs
 
 
-def _save_checkpoint(result: MemberResult, dataset: loop.Dataset) -> None:
+def _save_checkpoint(result: MemberResult, dataset: Dataset) -> None:
     """The member's final checkpoint, so ``rnn-jax sample --checkpoint <member folder>``
     works; diverged members get none."""
     if result.state is None or result.run_dir is None:

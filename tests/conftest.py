@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import loop, model
+from rnn_jax import input_pipeline, loop, model
 from rnn_jax.config import ModelConfig, TrainConfig
 
 # Big enough to learn something in a few epochs, small enough to train in about a second.
@@ -39,13 +39,13 @@ def tiny_config() -> TrainConfig:
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset() -> loop.Dataset:
+def tiny_dataset() -> input_pipeline.Dataset:
     """The first 2,000 characters of the Time Machine, 10% held out."""
-    return loop.load_dataset(TINY_TRAIN)
+    return input_pipeline.load_dataset(TINY_TRAIN)
 
 
 @pytest.fixture(scope="session")
-def tiny_model_config(tiny_dataset: loop.Dataset) -> ModelConfig:
+def tiny_model_config(tiny_dataset: input_pipeline.Dataset) -> ModelConfig:
     return ModelConfig(vocab_size=tiny_dataset.vocab_size, num_hiddens=TINY_HIDDENS)
 
 
@@ -109,7 +109,7 @@ def random_params():
 def _drop_orphaned_orbax_reads():
     """After a failed restore, Orbax closes its event loop while tensorstore finishes
     the step's other reads; each reports ``RuntimeError: Event loop is closed`` through
-    ``sys.unraisablehook`` (``checkpoint._silence_orphaned_reads`` drops exactly that
+    ``sys.unraisablehook`` (``checkpoint.quiet_orbax_unraisables`` drops exactly that
     outside pytest, whose own hook replaces it here). Everything else still fails."""
     import sys
 

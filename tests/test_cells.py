@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import cells, data, model, step
+from rnn_jax import cells, data, input_pipeline, model, step
 from rnn_jax.config import ModelConfig, TrainConfig, from_dict, to_dict
 
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
@@ -467,7 +467,7 @@ def test_short_training_lowers_perplexity(config, partition):
     train = step.make_train_step(config, optimizer, carry_hidden=partition == "sequential")
     losses = []
     for epoch in range(6):
-        Xs, Ys = data.epoch_batches(corpus, 16, 16, partition, 0, epoch)
+        Xs, Ys = input_pipeline.epoch_batches(corpus, 16, 16, partition, 0, epoch)
         state = state.replace(hidden=model.zero_state(config, 16))
         epoch_losses = []
         for X, Y in zip(Xs, Ys, strict=True):

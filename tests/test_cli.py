@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoint, data, report, sample, step
+from rnn_jax import checkpoint, data, input_pipeline, report, sample, step
 from rnn_jax.loss import perplexity
 
 TINY = [
@@ -129,8 +129,8 @@ def test_eval_in_fresh_process_matches_in_process_perplexity(trained: Path) -> N
     assert proc.returncode == 0, proc.stderr
     restored = checkpoint.restore(trained)
     corpus, _ = data.load_corpus(max_tokens=3000)
-    _, val = data.train_val_split(corpus, 0.1)
-    Xs, Ys = data.eval_batches(val, 4, 10)
+    _, val = input_pipeline.train_val_split(corpus, 0.1)
+    Xs, Ys = input_pipeline.eval_batches(val, 4, 10)
     nll, count = step.make_evaluate(restored.model_config)(restored.params, Xs, Ys)
     assert f"perplexity {perplexity(nll, count):.3f}" in proc.stdout
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnn_jax import data, loop
+from rnn_jax import cache, data, input_pipeline
 from rnn_jax.config import ModelConfig, TrainConfig
 
 # --------------------------------------------------------------------------- corpus
@@ -152,8 +152,8 @@ def test_batches_are_windows_of_the_corpus(partition):
     B, T = 4, 7
     positions = np.arange(len(corpus), dtype=np.int32)
     # The same (seed, epoch) cuts the position array exactly as it cuts the corpus.
-    Ps, _ = data.epoch_batches(positions, B, T, partition, seed=3, epoch=1)
-    Xs, Ys = data.epoch_batches(corpus, B, T, partition, seed=3, epoch=1)
+    Ps, _ = input_pipeline.epoch_batches(positions, B, T, partition, seed=3, epoch=1)
+    Xs, Ys = input_pipeline.epoch_batches(corpus, B, T, partition, seed=3, epoch=1)
     assert Xs.dtype == np.int32 and Ys.dtype == np.int32
     assert Xs.shape == Ys.shape == Ps.shape
     assert Xs.shape[1:] == (B, T) and Xs.shape[0] >= 1
@@ -165,7 +165,7 @@ def test_sequential_batches_continue_each_other():
     N, B, T = 1000, 3, 5
     corpus = np.arange(N, dtype=np.int32)
     for offset in range(T):
-        Xs, Ys = data.sequential_batches(corpus, B, T, offset)
+        Xs, Ys = input_pipeline.sequential_batches(corpus, B, T, offset)
         K = Xs.shape[0]
         assert Xs.shape == (K, B, T) and (N - offset - 1) // (B * T) == K
         assert Xs[0, 0, 0] == offset
@@ -175,7 +175,7 @@ def test_sequential_batches_continue_each_other():
         streams = Xs.transpose(1, 0, 2).reshape(B, K * T)
         np.testing.assert_array_equal(np.diff(streams, axis=1), 1)
     with pytest.raises(ValueError, match="offset"):
-        data.sequential_batches(corpus, B, T, offset=T)
+        input_pipeline.sequential_batches(corpus, B, T, offset=T)
 
 
 @pytest.mark.parametrize(("N", "B", "T"), [(1000, 4, 7), (173, 3, 10), (40, 3, 10)])
@@ -184,7 +184,7 @@ def test_random_batches_cover_corpus_once(N, B, T):
     all but fewer than B*T + T tokens."""
     corpus = np.arange(N, dtype=np.int32)
     for seed in range(5):
-        Xs, Ys = data.random_batches(corpus, B, T, np.random.default_rng(seed))
+        Xs, Ys = input_pipeline.random_batches(corpus, B, T, np.random.default_rng(seed))
         assert Xs.shape[1:] == (B, T)
         np.testing.assert_array_equal(Ys, Xs + 1)
         np.testing.assert_array_equal(np.diff(Xs, axis=-1), 1)
@@ -200,23 +200,23 @@ def test_random_batches_cover_corpus_once(N, B, T):
 def test_random_batches_depend_on_seed_and_epoch_only():
     """Same (seed, epoch) -> identical batches; another epoch or seed -> different."""
     corpus = np.arange(5000, dtype=np.int32)
-    a = data.epoch_batches(corpus, 8, 10, "random", seed=0, epoch=2)
-    b = data.epoch_batches(corpus, 8, 10, "random", seed=0, epoch=2)
+    a = input_pipeline.epoch_batches(corpus, 8, 10, "random", seed=0, epoch=2)
+    b = input_pipeline.epoch_batches(corpus, 8, 10, "random", seed=0, epoch=2)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     for other in [(0, 3), (1, 2)]:
-        c = data.epoch_batches(corpus, 8, 10, "random", seed=other[0], epoch=other[1])
+        c = input_pipeline.epoch_batches(corpus, 8, 10, "random", seed=other[0], epoch=other[1])
         n = min(len(a[0]), len(c[0]))
         assert not np.array_equal(a[0][:n], c[0][:n])
     with pytest.raises(ValueError, match="partition"):
-        data.epoch_batches(corpus, 8, 10, "shuffled", seed=0, epoch=0)
+        input_pipeline.epoch_batches(corpus, 8, 10, "shuffled", seed=0, epoch=0)
 
 
 def test_sequential_offset_varies_between_epochs():
     """The sequential partition draws its offset in [0, T) from (seed, epoch)."""
     corpus = np.arange(5000, dtype=np.int32)
     offsets = {
-        int(data.epoch_batches(corpus, 4, 10, "sequential", seed=0, epoch=e)[0][0, 0, 0])
+        int(input_pipeline.epoch_batches(corpus, 4, 10, "sequential", seed=0, epoch=e)[0][0, 0, 0])
         for e in range(20)
     }
     assert offsets <= set(range(10)) and len(offsets) > 1
@@ -225,14 +225,14 @@ def test_sequential_offset_varies_between_epochs():
 def test_train_val_split_holds_out_the_tail():
     """val is the last int(N * fraction) tokens; 0 gives an empty validation set."""
     corpus = np.arange(1000, dtype=np.int32)
-    train, val = data.train_val_split(corpus, 0.1)
+    train, val = input_pipeline.train_val_split(corpus, 0.1)
     np.testing.assert_array_equal(train, np.arange(900))
     np.testing.assert_array_equal(val, np.arange(900, 1000))
-    train, val = data.train_val_split(corpus, 0.0)
+    train, val = input_pipeline.train_val_split(corpus, 0.0)
     assert len(train) == 1000 and len(val) == 0
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="val_fraction"):
-            data.train_val_split(corpus, bad)
+            input_pipeline.train_val_split(corpus, bad)
 
 
 @pytest.mark.parametrize("partition", ["random", "sequential"])
@@ -240,15 +240,15 @@ def test_validation_tokens_never_reach_training(partition):
     """With distinct positions as tokens, no training X or Y is a validation position."""
     N = 3001
     corpus = np.arange(N, dtype=np.int32)
-    train, val = data.train_val_split(corpus, 0.15)
-    dataset = loop.Dataset(train, val, data.Vocab(), "char")
+    train, val = input_pipeline.train_val_split(corpus, 0.15)
+    dataset = input_pipeline.Dataset(train, val, data.Vocab(), "char")
     config = TrainConfig(batch_size=4, num_steps=9, partition=partition, max_tokens=None)
     val_positions = set(val.tolist())
     for epoch in range(10):
-        Xs, Ys = loop.epoch_batches(dataset, config, epoch).materialise()
+        Xs, Ys = input_pipeline.train_plan(dataset, config, epoch).materialise()
         assert not val_positions & set(np.unique(Xs).tolist())
         assert not val_positions & set(np.unique(Ys).tolist())
-    Xv, Yv = data.eval_batches(val, 4, 9)
+    Xv, Yv = input_pipeline.eval_batches(val, 4, 9)
     assert min(Xv.min(), Yv.min()) >= len(train)
 
 
@@ -261,8 +261,8 @@ def test_validation_tokens_never_reach_training(partition):
 def test_loop_epoch_batches_has_k_batches_every_epoch(N, B, T):
     """loop.epoch_batches gives exactly batches_per_epoch minibatches, whatever the offset."""
     train = np.arange(N, dtype=np.int32)
-    dataset = loop.Dataset(train, train[:0], data.Vocab(), "char")
-    K = loop.batches_per_epoch(N, B, T)
+    dataset = input_pipeline.Dataset(train, train[:0], data.Vocab(), "char")
+    K = input_pipeline.batches_per_epoch(N, B, T)
     assert K >= 1
     for partition in ("random", "sequential"):
         for seed in range(4):
@@ -270,7 +270,7 @@ def test_loop_epoch_batches_has_k_batches_every_epoch(N, B, T):
                 batch_size=B, num_steps=T, partition=partition, seed=seed, max_tokens=None
             )
             for epoch in range(12):
-                Xs, Ys = loop.epoch_batches(dataset, config, epoch).materialise()
+                Xs, Ys = input_pipeline.train_plan(dataset, config, epoch).materialise()
                 assert Xs.shape == Ys.shape == (K, B, T)
                 np.testing.assert_array_equal(Ys, Xs + 1)
 
@@ -278,16 +278,16 @@ def test_loop_epoch_batches_has_k_batches_every_epoch(N, B, T):
 def test_eval_batches_score_short_corpora():
     """eval_batches: offset-0 sequential batches; shrinks B and T for short corpora."""
     corpus = np.arange(1000, dtype=np.int32)
-    Xs, Ys = data.eval_batches(corpus, 4, 10)
-    np.testing.assert_array_equal(Xs, data.sequential_batches(corpus, 4, 10, 0)[0])
+    Xs, Ys = input_pipeline.eval_batches(corpus, 4, 10)
+    np.testing.assert_array_equal(Xs, input_pipeline.sequential_batches(corpus, 4, 10, 0)[0])
     np.testing.assert_array_equal(Ys, Xs + 1)
     for n in (2, 3, 11, 50):
-        Xs, Ys = data.eval_batches(np.arange(n, dtype=np.int32), 32, 35)
+        Xs, Ys = input_pipeline.eval_batches(np.arange(n, dtype=np.int32), 32, 35)
         assert Xs.shape[0] >= 1 and Xs.size >= 1
         assert Ys.max() < n
         np.testing.assert_array_equal(Ys, Xs + 1)
     with pytest.raises(ValueError, match="at least 2 tokens"):
-        data.eval_batches(np.arange(1, dtype=np.int32), 4, 10)
+        input_pipeline.eval_batches(np.arange(1, dtype=np.int32), 4, 10)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -350,11 +350,11 @@ def test_bad_token_and_max_tokens():
 def test_corpus_too_short_for_one_batch(tmp_path):
     """Fewer than B*T + T tokens: ValueError from check_batch_sizes and load_dataset."""
     B, T = 4, 5
-    data.check_batch_sizes(B * T + T, B, T)  # exactly enough
+    input_pipeline.check_batch_sizes(B * T + T, B, T)  # exactly enough
     with pytest.raises(ValueError, match=r"too short.*needs at least 25"):
-        data.check_batch_sizes(B * T + T - 1, B, T)
-    for fn in (data.sequential_batches, data.random_batches):
-        args = (np.random.default_rng(0),) if fn is data.random_batches else ()
+        input_pipeline.check_batch_sizes(B * T + T - 1, B, T)
+    for fn in (input_pipeline.sequential_batches, input_pipeline.random_batches):
+        args = (np.random.default_rng(0),) if fn is input_pipeline.random_batches else ()
         with pytest.raises(ValueError, match="too short"):
             fn(np.arange(24, dtype=np.int32), B, T, *args)
 
@@ -362,19 +362,19 @@ def test_corpus_too_short_for_one_batch(tmp_path):
     path.write_text("the time traveller\n" * 3, "utf-8")  # 57 chars
     config = TrainConfig(corpus=str(path), batch_size=8, num_steps=10, max_tokens=None)
     with pytest.raises(ValueError, match="too short"):
-        loop.load_dataset(config)
+        input_pipeline.load_dataset(config)
     # The same file is enough for a smaller minibatch.
     small = TrainConfig(corpus=str(path), batch_size=2, num_steps=10, max_tokens=None)
-    dataset = loop.load_dataset(small)
+    dataset = input_pipeline.load_dataset(small)
     assert len(dataset.train) + len(dataset.val) == 57
 
 
 @pytest.mark.parametrize(("B", "T"), [(0, 5), (4, 0), (-1, 5), (4, -3)])
 def test_non_positive_batch_sizes(B, T):
     with pytest.raises(ValueError, match="must be positive"):
-        data.check_batch_sizes(10_000, B, T)
+        input_pipeline.check_batch_sizes(10_000, B, T)
     with pytest.raises(ValueError, match="must be positive"):
-        data.sequential_batches(np.arange(10_000, dtype=np.int32), B, T)
+        input_pipeline.sequential_batches(np.arange(10_000, dtype=np.int32), B, T)
 
 
 @pytest.mark.parametrize(
@@ -552,7 +552,7 @@ def test_too_short_error_says_what_preprocessing_kept(tmp_path):
     corpus = data.load_text_corpus(path)
     assert "keeps only A-Z: 240 of 660 characters" in corpus.note
     with pytest.raises(ValueError, match=r"too short.*keeps only A-Z.*preprocess='raw'"):
-        corpus.check_batch_sizes(len(corpus.tokens), 32, 35)
+        input_pipeline.check_batch_sizes(len(corpus.tokens), 32, 35, note=corpus.note)
     raw = data.load_text_corpus(path, preprocess="raw")
     assert raw.kept == 660 and "raw preprocessing kept all 660" in raw.note
 
@@ -675,7 +675,7 @@ def test_two_processes_fill_the_cache_at_once(tmp_path):
 def test_default_cache_dir(tmp_path, monkeypatch):
     """cache_dir=True: $XDG_CACHE_HOME/rnn_jax, else ~/.cache/rnn_jax; None: no cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert data.default_cache_dir() == tmp_path / "xdg" / "rnn_jax"
+    assert cache.default_cache_dir() == tmp_path / "xdg" / "rnn_jax"
     path = tmp_path / "c.txt"
     path.write_text("the time traveller " * 10, "utf-8")
     data.load_text_corpus(path, cache_dir=None)
@@ -685,7 +685,7 @@ def test_default_cache_dir(tmp_path, monkeypatch):
     assert list((tmp_path / "xdg" / "rnn_jax").glob("*.npy"))
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "rnn_jax"
+    assert cache.default_cache_dir() == tmp_path / "home" / ".cache" / "rnn_jax"
 
 
 # --------------------------------------------------------------------------- batches on demand
@@ -697,19 +697,19 @@ def test_epoch_plan_equals_materialised_batches(partition, N, B, T):
     """plan[k] == epoch_batches(...)[k] bit for bit (K as the loop truncates), int32;
     rows [a:b] built alone == rows [a:b] of the whole batch."""
     corpus, _ = data.load_corpus(max_tokens=N)  # uint8 ids
-    K = data.batches_per_epoch(N, B, T)
-    assert loop.batches_per_epoch(N, B, T) == K
+    K = input_pipeline.batches_per_epoch(N, B, T)
+    assert input_pipeline.batches_per_epoch(N, B, T) == K
     for seed in range(3):
         for epoch in range(3):
-            Xs, Ys = data.epoch_batches(corpus, B, T, partition, seed, epoch)
-            plan = data.epoch_plan(corpus, B, T, partition, seed, epoch)
+            Xs, Ys = input_pipeline.epoch_batches(corpus, B, T, partition, seed, epoch)
+            plan = input_pipeline.epoch_plan(corpus, B, T, partition, seed, epoch)
             assert len(plan) == K
             got_X, got_Y = plan.materialise()
             assert got_X.dtype == got_Y.dtype == np.int32
             np.testing.assert_array_equal(got_X, Xs[:K])
             np.testing.assert_array_equal(got_Y, Ys[:K])
             for a, b in {(0, 1), (B // 2, B), (B - 1, B)}:
-                part = data.epoch_plan(corpus, B, T, partition, seed, epoch, rows=(a, b))
+                part = input_pipeline.epoch_plan(corpus, B, T, partition, seed, epoch, rows=(a, b))
                 X, Y = part[K - 1]
                 np.testing.assert_array_equal(X, Xs[K - 1, a:b])
                 np.testing.assert_array_equal(Y, Ys[K - 1, a:b])
@@ -724,20 +724,22 @@ def test_epoch_plan_holds_only_the_index_plan(tmp_path):
     corpus, _ = data.load_corpus(path, cache_dir=tmp_path / "cache")
     assert isinstance(corpus, np.memmap)
     B, T = 32, 35
-    K = data.batches_per_epoch(len(corpus), B, T)
+    K = input_pipeline.batches_per_epoch(len(corpus), B, T)
     for partition in ("random", "sequential"):
-        plan = data.epoch_plan(corpus, B, T, partition, seed=0, epoch=0)
+        plan = input_pipeline.epoch_plan(corpus, B, T, partition, seed=0, epoch=0)
         arrays = [v for k, v in vars(plan).items() if isinstance(v, np.ndarray) and k != "tokens"]
         assert sum(a.nbytes for a in arrays) <= K * B * 8 + (T + 1) * 8
         X, Y = plan[0]
         assert X.shape == Y.shape == (B, T) and X.dtype == np.int32
-        Xs, Ys = data.epoch_batches(corpus, B, T, partition, 0, 0)  # the memmap works there too
+        Xs, Ys = input_pipeline.epoch_batches(
+            corpus, B, T, partition, 0, 0
+        )  # the memmap works there too
         np.testing.assert_array_equal(Y, Ys[0])
         np.testing.assert_array_equal(plan[-1][0], Xs[K - 1])
     with pytest.raises(IndexError):
         plan[K]
     with pytest.raises(ValueError, match="rows"):
-        data.epoch_plan(corpus, B, T, "random", 0, 0, rows=(3, 3))
+        input_pipeline.epoch_plan(corpus, B, T, "random", 0, 0, rows=(3, 3))
 
 
 @pytest.mark.parametrize(("N", "B", "T"), [(1000, 4, 10), (2, 32, 35), (50, 32, 35), (777, 3, 8)])
@@ -746,14 +748,14 @@ def test_eval_plan_equals_eval_batches(N, B, T):
     eval_tokens tokens and for row slices."""
     corpus = (np.arange(N) % 251).astype(np.uint8)
     for eval_tokens in (None, N // 2 + 2, N):
-        Xs, Ys = data.eval_batches(corpus, B, T, eval_tokens=eval_tokens)
-        plan = data.eval_plan(corpus, B, T, eval_tokens=eval_tokens)
+        Xs, Ys = input_pipeline.eval_batches(corpus, B, T, eval_tokens=eval_tokens)
+        plan = input_pipeline.eval_plan(corpus, B, T, eval_tokens=eval_tokens)
         assert len(plan) == len(Xs) and (plan.batch_size, plan.num_steps) == Xs.shape[1:]
         X, Y = plan.materialise()
         np.testing.assert_array_equal(X, Xs)
         np.testing.assert_array_equal(Y, Ys)
         b = plan.batch_size
-        rows = data.eval_plan(corpus, B, T, eval_tokens=eval_tokens, rows=(b - 1, b))
+        rows = input_pipeline.eval_plan(corpus, B, T, eval_tokens=eval_tokens, rows=(b - 1, b))
         np.testing.assert_array_equal(rows.materialise()[1], Ys[:, b - 1 : b])
     with pytest.raises(ValueError, match="eval_tokens"):
-        data.eval_plan(corpus, B, T, eval_tokens=1)
+        input_pipeline.eval_plan(corpus, B, T, eval_tokens=1)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import loop, model, parallel, sample, step
+from rnn_jax import input_pipeline, model, parallel, sample, step
 from rnn_jax.config import ModelConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,9 @@ LOSS_RTOL = 1e-5
 PARAM_ATOL = 1e-5
 
 
-def _model_config(dataset: loop.Dataset, name: str, dtype: str = "float32") -> ModelConfig:
+def _model_config(
+    dataset: input_pipeline.Dataset, name: str, dtype: str = "float32"
+) -> ModelConfig:
     cell, layers = MODELS[name]
     return ModelConfig(
         vocab_size=dataset.vocab_size,
@@ -58,7 +60,7 @@ def _model_config(dataset: loop.Dataset, name: str, dtype: str = "float32") -> M
 def _train(
     model_config: ModelConfig,
     config: TrainConfig,
-    dataset: loop.Dataset,
+    dataset: input_pipeline.Dataset,
     mesh=None,
     state: step.TrainState | None = None,
 ) -> tuple[list[float], step.TrainState]:
@@ -79,7 +81,7 @@ def _train(
     start, stop = (0, B) if mesh is None else parallel.process_rows(B, mesh)
     losses = []
     for epoch in range(config.num_epochs):
-        Xs, Ys = loop.epoch_batches(dataset, config, epoch).materialise()
+        Xs, Ys = input_pipeline.train_plan(dataset, config, epoch).materialise()
         state = state.replace(hidden=parallel.zero_hidden(model_config, B, mesh))
         for k in range(len(Xs)):
             X, Y = Xs[k, start:stop], Ys[k, start:stop]
@@ -94,9 +96,9 @@ def _train(
 
 
 def _evaluate(model_config, config, dataset, params, mesh=None) -> float:
-    from rnn_jax import data
+    from rnn_jax import input_pipeline
 
-    Xs, Ys = data.eval_batches(dataset.val, config.batch_size, config.num_steps)
+    Xs, Ys = input_pipeline.eval_batches(dataset.val, config.batch_size, config.num_steps)
     if mesh is not None:
         Xs, Ys = parallel.put_eval_batches(Xs, Ys, mesh)
     nll, count = step.make_evaluate(model_config, mesh)(params, Xs, Ys)
@@ -130,7 +132,7 @@ def child_meshes() -> dict:
     """On 8 devices: every model (sequential; rnn and lstm2 random too) on 8 devices, and
     the 2-layer LSTM on 1, 2 and 4 as well, against the one-device step; the validation
     loss; ``init_train_state`` on a mesh; a batch that does not divide."""
-    dataset = loop.load_dataset(TRAIN)
+    dataset = input_pipeline.load_dataset(TRAIN)
     gaps: dict[str, float] = {"loss": 0.0, "param": 0.0, "eval": 0.0}
     for name in MODELS:
         model_config = _model_config(dataset, name)
@@ -184,7 +186,7 @@ def child_unreachable(port: str) -> dict:
 def child_process(port: str, process_id: str, out: str) -> dict:
     """One of two processes of a run on ``127.0.0.1:port``, one CPU device each."""
     parallel.initialize_distributed(f"127.0.0.1:{port}", 2, int(process_id), timeout_s=60)
-    dataset = loop.load_dataset(TRAIN)
+    dataset = input_pipeline.load_dataset(TRAIN)
     config = dataclasses.replace(TRAIN, num_epochs=2)
     model_config = _model_config(dataset, "lstm")
     mesh = parallel.make_mesh()
@@ -210,8 +212,8 @@ def child_process(port: str, process_id: str, out: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def dataset() -> loop.Dataset:
-    return loop.load_dataset(TRAIN)
+def dataset() -> input_pipeline.Dataset:
+    return input_pipeline.load_dataset(TRAIN)
 
 
 def test_meshes_of_1_2_4_8_devices_train_as_one_device():

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,9 +207,11 @@ while not stop.exists():
 def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
     """Faults: writer B on A's --out while A trains (A held mid-run with SIGSTOP, so the
     race is decided: B fails at once, in use, naming A's pid; B with --resume too), B
-    again when A has finished (already holds a run); readers sample while A saves with
+    again when A has finished (already holds a run); a reader samples while A saves with
     --keep 1 (exit 0 or one clean line, never a traceback). A finishes, and its
-    checkpoints and metrics are what A wrote."""
+    checkpoints and metrics are what A wrote. The reader's first read happens while A is
+    held, it reads on while A trains, and it is stopped once it has read 3 times and A
+    has finished: events, not the machine's speed, decide every step."""
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "12", "--num-hiddens", "32", "--keep", "1"]
     a = subprocess.Popen(
@@ -222,6 +225,7 @@ def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
     while not checkpoint.has_checkpoints(run_dir) and time.monotonic() < deadline:
         time.sleep(0.002)
     a.send_signal(signal.SIGSTOP)
+    lines: list[str] = []
     try:
         b = rnn_jax("train", "--out", str(run_dir), *args)
         assert_one_line_error(b, 2, "in use", f"pid {a.pid}")
@@ -234,14 +238,23 @@ def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
             text=True,
             env=ENV,
         )
-        assert reader.stdout is not None and reader.stdout.readline() == "ready\n"
+        assert reader.stdout is not None
+        pump = threading.Thread(target=lambda: lines.extend(reader.stdout), daemon=True)
+        pump.start()
+        _wait_for_reads(lines, 1)  # warm: the next reads are quick, and overlap A's saves
     finally:
         a.send_signal(signal.SIGCONT)
     out, err = a.communicate(timeout=240)
+    _wait_for_reads(lines, 3)
     (tmp_path / "stop").touch()
-    reads, errors = reader.communicate(timeout=120)
+    reader.wait(timeout=120)
+    pump.join(timeout=60)
+    reads, errors = "".join(lines), reader.stderr.read()
+    reader.stdout.close()
+    reader.stderr.close()
     assert a.returncode == 0, (out, err)
     assert reader.returncode == 0 and "Traceback" not in errors, errors
+    assert lines[0] == "ready\n", reads
     codes = [int(line[5:]) for line in reads.splitlines() if line.startswith("exit ")]
     assert len(codes) >= 3 and set(codes) <= {0, 2}, reads
     refusals = errors.strip().splitlines()
@@ -253,6 +266,14 @@ def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
     assert_one_line_error(b, 2, "already holds a run", f"--resume {run_dir}")
     assert [folder_digest(mine[0]), mine[1].read_bytes()] == before
     assert checkpoint.restore(run_dir).step == 12 * K
+
+
+def _wait_for_reads(lines: list[str], count: int, timeout: float = 180) -> None:
+    """Until the reader has printed ``count`` "exit" lines (its reads), or fail."""
+    deadline = time.monotonic() + timeout
+    while sum(line.startswith("exit ") for line in lines) < count:
+        assert time.monotonic() < deadline, f"{count} reads not done in {timeout} s: {lines}"
+        time.sleep(0.01)
 
 
 # ----------------------------------------------------------------- 4. kill -9 before a save

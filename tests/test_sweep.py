@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoint, loop, sweep
+from rnn_jax import checkpoint, input_pipeline, loop, run_folder, sweep
 from rnn_jax.config import ModelConfig, TrainConfig
 
 TOL = 2e-6  # see the module docstring: measured 2.4e-7 (params), 5.7e-7 (records)
@@ -35,11 +35,13 @@ QUIET = {"echo": lambda _: None}
 
 
 @pytest.fixture(scope="module")
-def dataset() -> loop.Dataset:
-    return loop.load_dataset(CONFIG)
+def dataset() -> input_pipeline.Dataset:
+    return input_pipeline.load_dataset(CONFIG)
 
 
-def make_members(dataset: loop.Dataset, partition: str, variants=VARIANTS) -> list[sweep.Member]:
+def make_members(
+    dataset: input_pipeline.Dataset, partition: str, variants=VARIANTS
+) -> list[sweep.Member]:
     model_config = ModelConfig(vocab_size=dataset.vocab_size, num_hiddens=HIDDENS)
     config = dataclasses.replace(CONFIG, partition=partition)
     return [
@@ -123,10 +125,12 @@ def test_run_folders(sweeps) -> None:
         folder = out_dir / f"member-{i}-seed{member.config.seed}"
         assert result.run_dir == folder
         assert summary["members"][i]["folder"] == folder.name
-        config = json.loads((folder / loop.RUN_CONFIG).read_text())
+        config = json.loads((folder / run_folder.CONFIG).read_text())
         assert config["train"]["lr"] == member.config.lr
         assert config["model"]["sigma"] == member.model_config.sigma
-        records = [json.loads(line) for line in (folder / loop.METRICS).read_text().splitlines()]
+        records = [
+            json.loads(line) for line in (folder / run_folder.METRICS).read_text().splitlines()
+        ]
         assert [r["epoch"] for r in records] == [1, 2]
         assert records[-1]["train_ppl"] == result.history[-1]["train_ppl"]
     restored = checkpoint.restore(out_dir / "member-1-seed1", for_training=True)

@@ -15,8 +15,8 @@ import numpy as np
 import optax
 import pytest
 
+from rnn_jax import actions, data, input_pipeline, loop, loss, model, run_folder, step
 from rnn_jax import config as config_lib
-from rnn_jax import data, loop, loss, model, step
 from rnn_jax.config import ModelConfig, RunConfig, TrainConfig
 
 V, H, B, T = 11, 16, 4, 6
@@ -224,9 +224,9 @@ def test_compiled_step_carries_hidden_and_traces_once(monkeypatch, make_state):
 
     monkeypatch.setattr(step, "train_step", counting)
     corpus = np.random.default_rng(0).integers(1, V, 5 * B * T + T).astype(np.int32)
-    dataset = loop.Dataset(corpus, corpus[:0], data.Vocab(), "char")
+    dataset = input_pipeline.Dataset(corpus, corpus[:0], data.Vocab(), "char")
     config = TrainConfig(batch_size=B, num_steps=T, lr=SGD[0], theta=SGD[1], max_tokens=None)
-    K = loop.batches_per_epoch(len(corpus), B, T)
+    K = input_pipeline.batches_per_epoch(len(corpus), B, T)
     assert K == 5
     train_step = step.make_train_step(MODEL, _optimizer(*SGD), carry_hidden=True)
     state = make_state(*SGD)
@@ -234,7 +234,7 @@ def test_compiled_step_carries_hidden_and_traces_once(monkeypatch, make_state):
     for epoch in range(2):
         state = state.replace(hidden=model.zero_state(MODEL, B))  # as loop.fit does
         h_in = np.zeros((B, H), np.float32)
-        Xs, Ys = loop.epoch_batches(dataset, config, epoch).materialise()
+        Xs, Ys = input_pipeline.train_plan(dataset, config, epoch).materialise()
         for X, Y in zip(Xs, Ys, strict=True):
             params = jax.tree.map(np.asarray, state.params)  # the step donates its input
             state, metrics = train_step(state, (X, Y))
@@ -257,7 +257,7 @@ def test_uniform_model_perplexity_is_vocab_size(tiny_dataset, tiny_model_config)
     """All-zero weights give uniform logits: perplexity = vocabulary size (D2L 9.3.2)."""
     shapes = jax.eval_shape(lambda: model.init(tiny_model_config, jax.random.key(0)))
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    Xs, Ys = data.eval_batches(tiny_dataset.val, 8, 10)
+    Xs, Ys = input_pipeline.eval_batches(tiny_dataset.val, 8, 10)
     nll, count = step.make_evaluate(tiny_model_config)(params, jnp.asarray(Xs), jnp.asarray(Ys))
     assert int(count) == Ys.size
     assert loss.perplexity(nll, count) == pytest.approx(tiny_dataset.vocab_size, rel=1e-5)
@@ -334,7 +334,9 @@ def test_fit_lowers_perplexity(trained_run, tiny_dataset):
     """A few epochs of the book's recipe take train perplexity well below uniform."""
     result, _, config = trained_run
     history = result.history
-    K = loop.batches_per_epoch(len(tiny_dataset.train), config.batch_size, config.num_steps)
+    K = input_pipeline.batches_per_epoch(
+        len(tiny_dataset.train), config.batch_size, config.num_steps
+    )
     assert [r["epoch"] for r in history] == list(range(1, config.num_epochs + 1))
     assert [r["step"] for r in history] == [K * e for e in range(1, config.num_epochs + 1)]
     assert int(result.state.step) == K * config.num_epochs
@@ -367,7 +369,7 @@ def test_fit_validates_every_eval_every_epochs_without_changing_training(
         if kept["val_ppl"] is not None:
             assert kept["val_ppl"] == dense["val_ppl"]
     chex.assert_trees_all_equal(sparse.state.params, every_epoch.state.params)
-    assert (tmp_path / loop.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / run_folder.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     never = loop.fit(
         tiny_model_config,
         dataclasses.replace(config, eval_every=0, num_epochs=1),
@@ -382,19 +384,19 @@ def test_fit_writes_run_folder(trained_run, tiny_model_config):
     """With out_dir: metrics.jsonl (one record per epoch), perplexity.png, samples.txt
     and config.json (which rebuilds both configs)."""
     result, out_dir, config = trained_run
-    records = [json.loads(line) for line in (out_dir / loop.METRICS).read_text().splitlines()]
+    records = [json.loads(line) for line in (out_dir / run_folder.METRICS).read_text().splitlines()]
     assert len(records) == config.num_epochs
     for written, kept in zip(records, result.history, strict=True):
         assert written["epoch"] == kept["epoch"]
         assert written["train_ppl"] == pytest.approx(kept["train_ppl"])
-    assert (out_dir / loop.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    lines = (out_dir / loop.SAMPLES).read_text("utf-8").splitlines()
+    assert (out_dir / run_folder.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (out_dir / run_folder.SAMPLES).read_text("utf-8").splitlines()
     assert len(lines) == 1  # sample_every == num_epochs: once, at the end
     step, epoch, text = lines[0].split("\t")
     assert (step, epoch) == (f"step {records[-1]['step']}", f"epoch {config.num_epochs}")
     assert text.startswith(config.sample_prefix[0])
     assert len(text) == len(config.sample_prefix[0]) + config.num_preds
-    payload = json.loads((out_dir / loop.RUN_CONFIG).read_text())
+    payload = json.loads((out_dir / run_folder.CONFIG).read_text())
     assert config_lib.from_dict(ModelConfig, payload["model"]) == tiny_model_config
     assert config_lib.from_dict(TrainConfig, payload["train"]) == config
     assert config_lib.from_dict(RunConfig, payload["run"]) == RunConfig()
@@ -421,12 +423,14 @@ def test_fit_is_reproducible_and_compiles_once(
 
 
 def test_fit_resumes_exactly_after_interrupt(trained_run, tiny_dataset, tiny_model_config):
-    """should_stop answering True after K + 5 steps returns interrupted=True at once,
+    """A stop after K + 5 steps (``actions.StopWhen``) returns interrupted=True at once,
     with epoch 1's record kept and none for the partial epoch 2; fitting on from the
     returned state (which carries the sequential hidden state) reproduces the
     uninterrupted run's params bit for bit."""
     reference, _, config = trained_run
-    K = loop.batches_per_epoch(len(tiny_dataset.train), config.batch_size, config.num_steps)
+    K = input_pipeline.batches_per_epoch(
+        len(tiny_dataset.train), config.batch_size, config.num_steps
+    )
     quiet = {"echo": lambda _: None, "progress": False}
     calls = []
 
@@ -434,7 +438,8 @@ def test_fit_resumes_exactly_after_interrupt(trained_run, tiny_dataset, tiny_mod
         calls.append(1)
         return len(calls) == K + 5
 
-    first = loop.fit(tiny_model_config, config, tiny_dataset, should_stop=should_stop, **quiet)
+    stop = actions.StopWhen(should_stop)
+    first = loop.fit(tiny_model_config, config, tiny_dataset, actions=[stop], **quiet)
     assert first.interrupted
     assert len(calls) == K + 5 and int(first.state.step) == K + 5
     assert [r["epoch"] for r in first.history] == [1]
@@ -459,8 +464,10 @@ def test_fit_raises_on_non_finite_loss(tiny_dataset, tiny_model_config):
         theta=1e38,
         num_epochs=2,
     )
-    K = loop.batches_per_epoch(len(tiny_dataset.train), config.batch_size, config.num_steps)
-    with pytest.raises(loop.NonFiniteLossError, match=rf"between steps 1 and {K} \(epoch 1\)"):
+    K = input_pipeline.batches_per_epoch(
+        len(tiny_dataset.train), config.batch_size, config.num_steps
+    )
+    with pytest.raises(actions.NonFiniteLossError, match=rf"between steps 1 and {K} \(epoch 1\)"):
         loop.fit(tiny_model_config, config, tiny_dataset, echo=lambda _: None, progress=False)
 
 
