@@ -476,3 +476,17 @@ def test_short_training_lowers_perplexity(config, partition):
         losses.append(np.asarray(epoch_losses))
     before, after = np.exp(losses[0][0]), np.exp(losses[-1].mean())
     assert before > 25 and after < 0.7 * before, (before, after)
+
+
+def test_registry_is_the_config_table():
+    """``cells.REGISTRY`` implements exactly the cells of ``config.GATES``, each with those
+    gate blocks: the one table a new cell adds a line to."""
+    from rnn_jax.config import CELLS, GATES
+
+    assert tuple(cells.REGISTRY) == CELLS
+    for name in CELLS:
+        cell = cells.get(name)
+        assert cell.name == name and cell.gates == GATES[name]
+        assert ModelConfig(vocab_size=5, cell=name).num_gates == len(GATES[name])
+    with pytest.raises(ValueError, match="cell must be one of"):
+        cells.get("transformer")
