@@ -23,6 +23,12 @@ a process killed mid-save leaves the previous checkpoints intact. Saves are
 asynchronous; a write error surfaces as ``CheckpointWriteError`` at the next ``save``
 or at ``close``. A reader (``eval``, ``sample``) may restore while a training process
 saves and deletes old steps: ``restore`` then moves on to the newest remaining step.
+
+This is the package's longest module, on purpose: the item layout ``save`` writes
+(``_items``) is the one ``restore`` reads and verifies, and listing a run's checkpoints
+or finding its newest intact one restores each step to check it; the contract is one,
+so it is one file. Its sections, in order: the types, save, integrity, restore (public,
+then each stage of ``_restore_step``), Orbax's noise, choosing a step.
 """
 
 from __future__ import annotations

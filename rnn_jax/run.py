@@ -203,7 +203,13 @@ def _open_new_folder(run_dir: Path, lock: RunLock, echo: Callable[[str], None]) 
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"cannot create run folder {run_dir}: {err.strerror or err}") from None
-    lock.acquire()
+    try:
+        lock.acquire()
+    except ValueError:
+        if created:  # nothing is left behind; an empty folder only (another may own it now)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     if run_folder.holds_run(run_dir):
         if checkpoint.has_checkpoints(run_dir):
             raise ValueError(

@@ -6,7 +6,8 @@ A sweep is a list of ``Member``s, ``(ModelConfig, TrainConfig)`` pairs that shar
 shape and differ only in ``seed``, ``lr``, ``theta`` (clipping) and the model's ``sigma``
 (init scale). ``fit_sweep`` trains them together: their ``TrainState``s are stacked along
 a leading member axis and ``rnn_jax.step.train_step`` runs under ``jax.vmap`` on
-minibatches ``(M, B, T)``, each member's drawn from its own ``(seed, epoch)``. The
+minibatches ``(M, B, T)``, each member's drawn from its own ``(seed, epoch)``, in the
+loop every run uses (``loop.train_loop`` over ``SweepSteps``, with its own actions). The
 learning rate and clipping threshold live in each member's optimizer state
 (``optax.inject_hyperparams``), so one compiled step serves every member, and each
 member's gradient is clipped by its own global norm. ``mode="loop"`` trains the same
