@@ -4,6 +4,7 @@
 # (perplexities must match exactly; tokens/s is the median epoch).
 #
 #   bash benchmarks/ab_book.sh e6ed034 [EPOCHS=40] [ROUNDS=3] [CPU=1]
+#   ORDER="new old" bash benchmarks/ab_book.sh ...   # this tree first in every round
 #
 # Measured 2026-11-27 against e6ed034 (40 epochs, 3 rounds, a loaded 2-core machine):
 # identical perplexities; tokens/s new/old 0.99, 2.03, 1.07 per round.
@@ -18,7 +19,7 @@ OLD=$(mktemp -d)
 trap 'git worktree remove --force "$OLD" >/dev/null 2>&1 || true' EXIT
 git worktree add -q --detach "$OLD" "$REV"
 for round in $(seq 1 "$ROUNDS"); do
-  for tree in old new; do
+  for tree in ${ORDER:-old new}; do
     dir=$PWD
     [ "$tree" = old ] && dir=$OLD
     out=$(mktemp -d)

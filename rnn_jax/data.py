@@ -457,7 +457,10 @@ def load_text_corpus(
     if raw is None:  # the stat record was right but the entry is gone: read after all
         hashed_at, raw = time.time_ns(), _read_bytes(path)
         fingerprint = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
-    tokens, vocab, meta = _tokenize_file(raw, path, fingerprint, options)
+    text = _decode(raw, "the shipped corpus" if path is None else path)
+    del raw  # the bytes are not needed while the text is tokenised
+    tokens, vocab, meta = _tokenize_text(text, path, fingerprint, options)
+    del text
     if cache is not None:
         try:
             cache.store(entry_key(fingerprint, options), tokens, meta)
@@ -472,18 +475,15 @@ def _unchanged(path: str | Path, st: os.stat_result) -> bool:
     return stat_key(os.stat(path)) == stat_key(st)
 
 
-def _tokenize_file(
-    raw: bytes, path: str | Path | None, fingerprint: dict[str, Any], options: dict[str, Any]
+def _tokenize_text(
+    text: str, path: str | Path | None, fingerprint: dict[str, Any], options: dict[str, Any]
 ) -> tuple[np.ndarray, Vocab, dict[str, Any]]:
-    """The bytes of a corpus -> ``(tokens, vocab, meta)``, ``meta`` what the cache keeps
-    beside the tokens. Refuses a text the book's preprocessing leaves no letter of."""
+    """A corpus's text -> ``(tokens, vocab, meta)``, ``meta`` what the cache keeps beside
+    the tokens. Refuses a text the book's preprocessing leaves no letter of."""
     preprocess, token = options["preprocess"], options["token"]
-    text = _decode(raw, "the shipped corpus" if path is None else path)
-    del raw
     tokenize_ = _tokenize_chars if token == "char" else _tokenize_words
     tokens, vocab = tokenize_(text, preprocess, options["min_freq"])
     num_chars = len(text)
-    del text
     letters = 0
     if preprocess == "book":
         space = vocab.token_to_idx.get(" ", -1)
