@@ -34,7 +34,10 @@ the first command above, 480 s:
 
 The loop of solo steps is faster in 7 of 8 settings, and by the most where the work is
 largest (H 256, M 16: 1.5-1.6x; an earlier measurement here found 20 ms against 11 per
-member for the same setting): on this CPU prefer ``--sweep loop`` for speed. The
+member for the same setting): on this CPU prefer ``--sweep loop`` for speed. Re-measured
+on 2026-12-02 on a quiet machine (load 1.4-2.0, 298 s; ``results/sweep``): the loop is
+faster in 6 of 8 settings (H 256, M 16: 1.8x on 1 and 2 cores), the vmapped step at H 64
+on 2 cores (1.2-1.3x). The
 vmapped sweep compiles once and keeps every member in one program (one dispatch per
 step, one checkpointable state), which is what an accelerator would reward; it is not
 faster on two CPU cores.

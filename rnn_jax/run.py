@@ -582,7 +582,8 @@ def _report(request: TrainRequest, outcome: Outcome) -> int:
 
 def default_sweep_mode() -> str:
     """``loop`` on CPU, where a loop of jitted solo steps measured faster than one vmapped
-    step in 7 of 8 settings (``benchmarks/results/sweep``); ``vmap`` on accelerators."""
+    step in 6 of 8 settings, and by 1.8x where the work is largest
+    (``benchmarks/results/sweep``); ``vmap`` on accelerators."""
     return "loop" if jax.default_backend() == "cpu" else "vmap"
 
 
