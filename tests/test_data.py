@@ -259,7 +259,7 @@ def test_validation_tokens_never_reach_training(partition):
     [(2000, 8, 10), (161, 8, 10), (1001, 4, 25), (90, 8, 10), (1000, 7, 13), (999, 1, 1)],
 )
 def test_loop_epoch_batches_has_k_batches_every_epoch(N, B, T):
-    """loop.epoch_batches gives exactly batches_per_epoch minibatches, whatever the offset."""
+    """input_pipeline.train_plan gives exactly batches_per_epoch minibatches, any offset."""
     train = np.arange(N, dtype=np.int32)
     dataset = input_pipeline.Dataset(train, train[:0], data.Vocab(), "char")
     K = input_pipeline.batches_per_epoch(N, B, T)
