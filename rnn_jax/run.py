@@ -198,11 +198,7 @@ def prepare_resume(
 def _open_new_folder(run_dir: Path, lock: RunLock, echo: Callable[[str], None]) -> bool:
     """Create (if need be) and lock a new run's folder; refuse one that holds a finished
     run, restart a dead one. Returns whether this call created the folder."""
-    try:
-        created = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create run folder {run_dir}: {err.strerror or err}") from None
+    created = _make_folder(run_dir)
     try:
         lock.acquire()
     except ValueError:
@@ -475,6 +471,16 @@ def _run_dir(request: TrainRequest, cell: str) -> Path:
     return run_dir
 
 
+def _make_folder(run_dir: Path) -> bool:
+    """``mkdir -p run_dir``; whether it did not exist before."""
+    try:
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create run folder {run_dir}: {err.strerror or err}") from None
+    return created
+
+
 def _silent(text: str) -> None:
     del text
 
@@ -605,11 +611,7 @@ def train_seeds(request: TrainRequest) -> int:
     members = sweep.grid(prepared.model_config, train_config, seeds=request.seeds)
     sweep.validate_members(members)
     mode = request.sweep_mode or default_sweep_mode()
-    created = not run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create run folder {run_dir}: {err.strerror or err}") from None
+    created = _make_folder(run_dir)
     lock = RunLock(run_dir)
     try:
         lock.acquire()
