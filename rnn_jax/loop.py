@@ -415,7 +415,7 @@ def standard_actions(
         Evaluate(
             evaluate_every,
             make_evaluate(model_config, mesh),
-            _validation_batches(config, dataset, mesh),
+            validation_batches(config, dataset, mesh),
             char,
         ),
         Sample(sample_every, generate),
@@ -449,9 +449,12 @@ def _greedy_samples(
     )
 
 
-def _validation_batches(config: TrainConfig, dataset: Dataset, mesh: Mesh | None) -> Any:
-    """The validation split's ``(Xs, Ys)`` ``(K, B, T)`` on the device(s), or None when
-    it holds fewer than two tokens."""
+def validation_batches(
+    config: TrainConfig, dataset: Dataset, mesh: Mesh | None = None
+) -> tuple[jax.Array, jax.Array] | None:
+    """The tokens a run validates on (``input_pipeline.validation_tokens``: the split cut
+    to ``eval_tokens``) as ``(Xs, Ys)`` ``(K, B, T)`` on the device(s), or None when they
+    are fewer than two."""
     tokens = input_pipeline.validation_tokens(config, dataset)
     if len(tokens) < 2:
         return None

@@ -408,10 +408,7 @@ def _fit_vmap(
     model_config, config = members[0].model_config, members[0].config
     state = init_sweep_state(members)
     steps = SweepSteps(members, dataset, state, train_step)
-    val_batches = None
-    if len(dataset.val) >= 2:
-        Xv, Yv = input_pipeline.eval_batches(dataset.val, config.batch_size, config.num_steps)
-        val_batches = (jnp.asarray(Xv), jnp.asarray(Yv))
+    val_batches = loop.validation_batches(config, dataset)  # as loop.fit validates
     char = dataset.token == "char"
     evaluate = Evaluate(
         Every(epochs=config.eval_every), make_sweep_evaluate(model_config), val_batches, char

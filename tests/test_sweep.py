@@ -182,3 +182,18 @@ def test_grid_and_groups(dataset) -> None:
         sweep.validate_members(
             [sweep.Member(model_config, dataclasses.replace(CONFIG, optimizer="adam"))]
         )
+
+
+def test_both_modes_validate_on_eval_tokens(dataset) -> None:
+    """``eval_tokens`` cuts the validation split in the vmapped mode as in ``loop.fit``."""
+    members = [
+        dataclasses.replace(m, config=dataclasses.replace(m.config, eval_tokens=101))
+        for m in make_members(dataset, "sequential", VARIANTS[:2])
+    ]
+    vmapped = sweep.fit_sweep(members, dataset, mode="vmap", **QUIET)
+    looped = sweep.fit_sweep(members, dataset, mode="loop", **QUIET)
+    whole = sweep.fit_sweep(make_members(dataset, "sequential", VARIANTS[:1]), dataset, **QUIET)
+    assert vmapped[0].history[-1]["val_ppl"] != whole[0].history[-1]["val_ppl"]
+    for v, solo in zip(vmapped, looped, strict=True):
+        for rv, rs in zip(v.history, solo.history, strict=True):
+            assert rv["val_ppl"] == pytest.approx(rs["val_ppl"], rel=TOL)
