@@ -48,7 +48,7 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; names the window of steps it happened in."""
 
 
-# --------------------------------------------------------------------------- vocabulary
+# --------------------------------------------------------------------------- where, when
 
 
 @dataclass(frozen=True)

@@ -394,6 +394,8 @@ def restore(
     process saves and deletes steps, the newest remaining step is tried instead, up to
     ``RESTORE_ATTEMPTS`` times; no Orbax or tensorstore exception escapes.
     """
+    if sharding is not None and mesh is not None:
+        raise ValueError("give restore a sharding or a mesh, not both")
     run_dir = _check_run_dir(run_dir)
     for _ in range(RESTORE_ATTEMPTS):
         with _open_reader(run_dir) as manager:

@@ -28,6 +28,7 @@ import absl.logging
 
 from rnn_jax.config import (
     AUTO,
+    STOCHASTIC,
     STRATEGIES,
     ModelConfig,
     RunConfig,
@@ -344,7 +345,7 @@ def eval_options(args: argparse.Namespace) -> dict[str, Any]:
 def sample_options(args: argparse.Namespace) -> dict[str, Any]:
     """``rnn-jax sample``'s flags as ``readers.sample_checkpoint``'s arguments."""
     num_chars = integer("--num-chars", args.num_chars, 1, 10**7)
-    stochastic = args.strategy in ("temperature", "top-k", "top-p")
+    stochastic = args.strategy in STOCHASTIC
     applies = {
         "--temperature": stochastic,
         "--top-k": args.strategy == "top-k",

@@ -50,6 +50,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup-cosine", "linear")
 PARTITIONS = ("random", "sequential")  # D2L 9.3.3's two ways of cutting a corpus into minibatches
 STRATEGIES = ("greedy", "temperature", "top-k", "top-p", "beam")  # how a sampler picks tokens
+STOCHASTIC = ("temperature", "top-k", "top-p")  # the strategies that draw with a PRNG key
 
 AUTO = "auto"  # a default resolved from the other fields when the config is made
 BOOK_MAX_TOKENS = 10_000  # the book's truncation of the Time Machine
@@ -311,7 +312,7 @@ class SamplingConfig:
 
     @property
     def stochastic(self) -> bool:
-        return self.strategy in ("temperature", "top-k", "top-p")
+        return self.strategy in STOCHASTIC
 
 
 # --------------------------------------------------------------------------- checks

@@ -1,8 +1,9 @@
 """What reads a run folder without training: ``rnn-jax eval``, ``sample`` and ``info``.
 
-Each restores what it needs from a checkpoint alone (``checkpoint.restore``: the model,
-its parameters and vocabulary, verified against their checksums), never from the
-folder's other files, so a reader can run while a training process saves beside it.
+``eval`` and ``sample`` restore what they need from a checkpoint alone
+(``checkpoint.restore``: the model, its parameters and vocabulary, verified against their
+checksums), never from the folder's other files, so they can run while a training
+process saves beside them; ``info`` also reads ``config.json`` and the lock's owner.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The handlers only set a flag. While the run starts up, ``Signals.check`` turns the flag
 into ``Interrupted`` between stages (raising from the handler itself could land inside
 JAX's backend start-up, which swallows or wraps it); once training runs, the loop's
-``actions.StopOnSignal`` stops after the current step, and the run saves and exits
+``actions.StopWhen`` stops after the current step, and the run saves and exits
 ``128 + signum``. This module imports nothing but the standard library, so the command
 line installs the handlers before anything imports JAX.
 """

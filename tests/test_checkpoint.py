@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rnn_jax import checkpoint
+from rnn_jax import checkpoint, parallel
 from rnn_jax.config import ModelConfig, TrainConfig, to_dict
 from rnn_jax.data import Vocab
 from rnn_jax.step import TrainState, init_train_state, make_optimizer
@@ -128,6 +128,14 @@ def test_save_restore_is_bitwise(saved) -> None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         assert all(x.sharding == device for x in jax.tree.leaves(restored.params))
     assert checkpoint.restore(run_dir).state is None  # params only
+
+
+def test_restore_takes_a_sharding_or_a_mesh(saved) -> None:
+    run_dir, _ = saved
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    mesh = parallel.make_mesh(1)
+    with pytest.raises(ValueError, match="a sharding or a mesh, not both"):
+        checkpoint.restore(run_dir, sharding=device, mesh=mesh)
 
 
 def test_best_latest_and_listing(saved) -> None:
