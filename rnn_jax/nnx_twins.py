@@ -5,9 +5,9 @@ Shape legend: B batch, T time, V vocab_size, H num_hiddens, L num_layers, G gate
 
 ``NNXLM`` is the language model of ``rnn_jax.model`` as an ``nnx.Module``: one-hot tokens,
 ``num_layers`` ``nnx.RNN``s over ``nnx.SimpleCell`` / ``BookGRUCell`` /
-``nnx.OptimizedLSTMCell`` with ``nnx.Dropout`` between them (off until ``model.train()``),
-and an ``nnx.Linear`` head. ``from_scratch`` builds one holding a scratch parameter pytree,
-so the tests can hold the two equal.
+``nnx.OptimizedLSTMCell`` with ``nnx.Dropout`` between them (masks drawn from the
+``rngs`` a call is given, none without), and an ``nnx.Linear`` head. ``from_scratch``
+builds one holding a scratch parameter pytree, so the tests can hold the two equal.
 
 NNX's cells fuse their gates: one input-side ``dense_i`` ``(D, G H)`` and one hidden-side
 ``dense_h`` ``(H, G H)`` per cell, the blocks in the order ``NNX_GATES`` lists (in Flax's
@@ -84,19 +84,20 @@ class NNXLM(nnx.Module):
             nnx.RNN(nnx_cell(config, V if l == 0 else H, rngs=rngs), return_carry=True, rngs=False)
             for l in range(config.num_layers)
         )
-        self.dropout = nnx.Dropout(config.dropout, deterministic=True, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout)
         self.head = nnx.Linear(H, V, rngs=rngs)
 
     def __call__(
-        self, tokens: jax.Array, carries: tuple[Any, ...]
+        self, tokens: jax.Array, carries: tuple[Any, ...], *, rngs: nnx.Rngs | None = None
     ) -> tuple[jax.Array, tuple[Any, ...]]:
         """Logits ``(B, T, V)`` for ``tokens`` ``(B, T)`` and the final carries (one per
-        layer, in Flax's layout: ``flax_twins.to_flax_carries``)."""
+        layer, in Flax's layout: ``flax_twins.to_flax_carries``). With ``rngs``
+        (training) dropout is applied between the layers; without, it is not."""
         X = jax.nn.one_hot(tokens, self.config.vocab_size)
         new_carries = []
         for l, rnn in enumerate(self.layers):
             if l > 0:
-                X = self.dropout(X)
+                X = self.dropout(X, deterministic=rngs is None, rngs=rngs)
             carry, X = rnn(X, initial_carry=carries[l])
             new_carries.append(carry)
         return self.head(X), tuple(new_carries)
@@ -123,13 +124,14 @@ def lm_params(config: ModelConfig, params: dict[str, Any]) -> dict[str, Any]:
         "layers": {
             l: {"cell": cell_params(config, params[f"layer_{l}"])} for l in range(config.num_layers)
         },
-        "head": {"kernel": params["W_hq"], "bias": params["b_q"]},
+        "head": {"kernel": jnp.asarray(params["W_hq"]), "bias": jnp.asarray(params["b_q"])},
     }
 
 
-def from_scratch(config: ModelConfig, params: dict[str, Any], seed: int = 0) -> NNXLM:
-    """An ``NNXLM`` holding the scratch parameters ``params`` (``seed`` seeds dropout)."""
-    lm = NNXLM(config, rngs=nnx.Rngs(seed))
+def from_scratch(config: ModelConfig, params: dict[str, Any]) -> NNXLM:
+    """An ``NNXLM`` holding the scratch parameters ``params`` (Flax's initializers are
+    never run: the module is built abstractly, then filled)."""
+    lm = nnx.eval_shape(lambda: NNXLM(config, rngs=nnx.Rngs(0)))
     state = nnx.state(lm, nnx.Param)
     nnx.replace_by_pure_dict(state, lm_params(config, params))
     nnx.update(lm, state)

@@ -161,13 +161,15 @@ def test_nnx_lm_matches_scratch(config):
     nnx_out = (logits, flax_twins.from_flax_carries(config, carries))
     for a, b in zip(jax.tree.leaves(scratch), jax.tree.leaves(nnx_out), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-    # the copied parameters have exactly the structure and shapes NNX's own init makes
-    fresh = nnx.to_pure_dict(nnx.state(nnx_twins.NNXLM(config, rngs=nnx.Rngs(0)), nnx.Param))
-    mapped = nnx_twins.lm_params(config, params)
-    assert jax.tree.map(np.shape, fresh) == jax.tree.map(np.shape, mapped)
-    if config.dropout:  # dropout between the layers is off until train()
-        lm.train()
-        dropped, _ = lm(tokens, flax_twins.to_flax_carries(config, state))
+    # the copied parameters are all the model's state, with the structure and shapes
+    # NNX's own init makes
+    fresh = nnx.eval_shape(lambda: nnx_twins.NNXLM(config, rngs=nnx.Rngs(0)))
+    assert jax.tree.map(np.shape, nnx.to_pure_dict(nnx.state(fresh))) == jax.tree.map(
+        np.shape, nnx_twins.lm_params(config, params)
+    )
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(nnx.state(lm)))
+    if config.dropout:  # dropout between the layers, with rngs only
+        dropped, _ = lm(tokens, flax_twins.to_flax_carries(config, state), rngs=nnx.Rngs(1))
         assert np.abs(np.asarray(dropped - logits)).max() > 1e-3
 
 
@@ -176,8 +178,12 @@ def test_nnx_gru_is_the_reset_after_variant():
     equations (linen's with ``b_hn`` zero), not the book's."""
     config = ModelConfig(vocab_size=V, num_hiddens=H, cell="gru")
     params, tokens, state = _inputs(config, seed=5)
-    stock = nnx.RNN(nnx.GRUCell(V, H, rngs=nnx.Rngs(0)), return_carry=True, rngs=False)
-    book = nnx.RNN(nnx_twins.BookGRUCell(V, H, rngs=nnx.Rngs(0)), return_carry=True, rngs=False)
+
+    def layer(cell_class):  # built abstractly (no init drawn), then filled
+        cell = nnx.eval_shape(lambda: cell_class(V, H, rngs=nnx.Rngs(0)))
+        return nnx.RNN(cell, return_carry=True, rngs=False)
+
+    stock, book = layer(nnx.GRUCell), layer(nnx_twins.BookGRUCell)
     fused = nnx_twins.cell_params(config, params["layer_0"])
     for rnn in (stock, book):
         rnn_state = nnx.state(rnn, nnx.Param)
