@@ -9,7 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = [
-    p for p in ("rnn_jax", "tests", "experiments", "benchmarks", "scripts") if (ROOT / p).is_dir()
+    p
+    for p in ("rnn_jax", "tests", "experiments", "benchmarks", "scripts", "notebooks")
+    if (ROOT / p).is_dir()
 ]
 
 
