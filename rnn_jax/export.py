@@ -48,10 +48,11 @@ FlatState = tuple[jax.Array, ...]  # model.zero_state's leaves, each (B, ...)
 def state_rows(model_config: ModelConfig) -> list[jax.ShapeDtypeStruct]:
     """The carried state's leaves for one batch row: shapes ``(...)`` without the batch
     axis, which must lead every leaf of ``model.zero_state``."""
-    one, two = (
-        jax.tree.leaves(jax.eval_shape(lambda b=b: model.zero_state(model_config, b)))
-        for b in (1, 2)
-    )
+
+    def leaves(batch_size: int) -> list[jax.ShapeDtypeStruct]:
+        return jax.tree.leaves(jax.eval_shape(lambda: model.zero_state(model_config, batch_size)))
+
+    one, two = leaves(1), leaves(2)
     for a, b in zip(one, two, strict=True):
         if (a.shape[0], b.shape[0]) != (1, 2) or a.shape[1:] != b.shape[1:]:
             raise ValueError(f"the {model_config.cell} state's leaves must lead with the batch")
