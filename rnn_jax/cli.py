@@ -1,11 +1,11 @@
-"""``rnn-jax train | eval | sample | info``: the command line, a thin parser over the library.
+"""``rnn-jax train|eval|sample|info|export``: the command line, a thin parser over the library.
 
 The flags of ``train`` are derived from the frozen configs (``rnn_jax.config``: each
 field's type, default and help are written once there); ``--config FILE`` reads the same
 fields from a JSON or TOML file, and flags override it. This module parses, calls the
-library (``rnn_jax.run`` for ``train``, ``rnn_jax.readers`` for the others) and turns
-the outcome into an exit status; it imports nothing that loads JAX before ``main``
-installed the signal handlers.
+library (``rnn_jax.run`` for ``train``, ``rnn_jax.export`` for ``export``,
+``rnn_jax.readers`` for the others) and turns the outcome into an exit status; it imports
+nothing that loads JAX before ``main`` installed the signal handlers.
 
 Bad input gets one line on stderr and exit status 2 and changes nothing on disk; a run
 that fails (a NaN loss, a write that fails) exits 1 naming its last good checkpoint;
@@ -140,7 +140,7 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``rnn-jax`` and its four subcommands."""
+    """``rnn-jax`` and its subcommands."""
     parser = _Parser(
         prog="rnn-jax",
         description="Train, evaluate, sample and inspect the book's recurrent language models.",
@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(commands)
     info = commands.add_parser("info", help="a run's config and its checkpoints")
     info.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run folder")
+    _add_export(commands)
     return parser
 
 
@@ -257,6 +258,26 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
     )
     decode.add_argument(
         "--seed", type=str, default="0", help="PRNG seed of the sampling strategies (default: 0)"
+    )
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export",
+        help="a checkpoint as a one-step function that runs without rnn_jax (jax.export)",
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run folder")
+    export.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="new (or empty) folder to write"
+    )
+    export.add_argument(
+        "--step", metavar="N", help="checkpoint: N, best or latest (default: latest)"
+    )
+    export.add_argument(
+        "--platforms",
+        default="cpu",
+        metavar="P,P,...",
+        help="platforms to lower for: cpu, cuda, rocm, tpu (default: cpu)",
     )
 
 
@@ -379,6 +400,15 @@ def sample_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def export_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``rnn-jax export``'s flags as ``export.export_checkpoint``'s arguments."""
+    return {
+        "out": args.out,
+        "step": checkpoint_step(args.step),
+        "platforms": [p for p in args.platforms.replace(" ", "").split(",") if p],
+    }
+
+
 # ------------------------------------------------------------------------- entry point
 
 
@@ -396,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # The one late import: the library loads JAX, which must start after the signal
     # handlers above, so that a signal during its start-up is noted, not lost.
-    from rnn_jax import checkpoint, readers, run
+    from rnn_jax import checkpoint, export, readers, run
 
     absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax and JAX log INFO and WARNING
     checkpoint.quiet_orbax_logs()
@@ -409,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return readers.evaluate_checkpoint(args.checkpoint, **eval_options(args))
         if args.command == "sample":
             return readers.sample_checkpoint(args.checkpoint, **sample_options(args))
+        if args.command == "export":
+            return export.export_checkpoint(args.run_dir, **export_options(args))
         print(readers.describe(args.run_dir))
         return 0
     except Interrupted as err:
