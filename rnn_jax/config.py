@@ -163,7 +163,7 @@ class TrainConfig:
     optimizer: str = option(
         "sgd", "optax optimizer, always after clip_by_global_norm(theta)", choices=OPTIMIZERS
     )
-    lr: float = option(1.0, "peak learning rate")
+    lr: float = option(1.0, "peak learning rate; 0 leaves the parameters as they are")
     schedule: str = option(
         "constant",
         "learning-rate schedule over the step budget (warmup-cosine: linear warmup, then cosine)",
