@@ -234,8 +234,10 @@ class Save(Action):
         corpus: dict[str, Any],
         num_devices: int,
         saved_any: bool,
+        init_from: dict[str, Any] | None = None,
     ) -> None:
         self.manager, self.every, self.saved_any = manager, every, saved_any
+        self.init_from = init_from  # a fine-tune's source, carried by every checkpoint
         self.model_config, self.train_config, self.vocab = model_config, train_config, vocab
         self.steps_per_epoch, self.corpus, self.num_devices = steps_per_epoch, corpus, num_devices
 
@@ -263,7 +265,11 @@ class Save(Action):
             vocab=self.vocab,
             metrics=record,
             corpus=self.corpus,
-            extra={"num_devices": self.num_devices, **({"sums": sums} if sums else {})},
+            extra={
+                "num_devices": self.num_devices,
+                **({"init_from": self.init_from} if self.init_from else {}),
+                **({"sums": sums} if sums else {}),
+            },
         )
         self.saved_any = True
 
@@ -324,14 +330,19 @@ class RunFiles(Action):
     where samples were made and at the end."""
 
     def __init__(
-        self, run_dir: Path, model_config: ModelConfig, config: TrainConfig, run_config: RunConfig
+        self,
+        run_dir: Path,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        run_config: RunConfig,
+        init_from: dict[str, Any] | None = None,
     ) -> None:
-        self.run_dir = run_dir
+        self.run_dir, self.init_from = run_dir, init_from
         self.configs = (model_config, config, run_config)
 
     def start(self, state: TrainState) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        run_folder.write_config(self.run_dir, *self.configs)
+        run_folder.write_config(self.run_dir, *self.configs, init_from=self.init_from)
 
     def __call__(self, state: TrainState, point: RecordPoint) -> None:
         metrics = self.run_dir / run_folder.METRICS

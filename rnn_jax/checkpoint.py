@@ -11,7 +11,8 @@ Each checkpoint has four items:
   JSON (e.g. the running sums of an interrupted epoch), so that a checkpoint alone
   rebuilds the model (no pickle);
 * ``integrity``: JSON with a sha256 of every array (its shape, dtype and bytes, keyed
-  by item and key path, e.g. ``params['W_hh']``) and of ``meta``.
+  by item and key path, e.g. ``params['W_hh']``) and of ``meta``; its own sha256
+  (``Restored.sha256``) names the whole checkpoint (a fine-tune records its source's).
 
 Nothing on disk is trusted: every restore recomputes the checksums, and any damage
 (a flipped bit, a truncated or missing file, a missing item, unreadable metadata)
@@ -127,6 +128,9 @@ class Restored:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # ``save``'s extra JSON
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded with the save
     verified: bool = False  # checksums compared (format 2); False for format 1
+    # sha256 of the ``integrity`` record, which holds the sha256 of ``meta`` and of every
+    # array: one digest that names the checkpoint's content (None for format 1)
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -504,7 +508,9 @@ def _restore_step(
     abstract = _abstract_state(model_config, train_config)
     abstract_items = _items(abstract, jax.eval_shape(jax.random.key_data, abstract.key))
     _compare("params", spec, params_spec(abstract_items["params"]))
-    recorded = _recorded_checksums(manager, run_dir, step, meta) if fmt >= 2 else None
+    recorded, sha256 = (
+        _recorded_checksums(manager, run_dir, step, meta) if fmt >= 2 else (None, None)
+    )
     if mesh is not None:  # as a run on ``mesh`` holds its state
         shardings = parallel.state_shardings(abstract, mesh)
         sharding = _items(shardings, shardings.key)
@@ -528,6 +534,7 @@ def _restore_step(
         extra=meta.get("extra") or {},
         metrics=meta.get("metrics") or {},
         verified=recorded is not None,
+        sha256=sha256,
     )
 
 
@@ -568,8 +575,9 @@ def _abstract_state(model_config: ModelConfig, train_config: TrainConfig) -> Tra
 
 def _recorded_checksums(
     manager: ocp.CheckpointManager, run_dir: Path, step: int, meta: dict[str, Any]
-) -> dict[str, Any]:
-    """The array checksums of ``integrity``, once its checksum of ``meta`` matched."""
+) -> tuple[dict[str, Any], str]:
+    """The array checksums of ``integrity``, once its checksum of ``meta`` matched, and
+    the sha256 of ``integrity`` itself (``Restored.sha256``)."""
     integrity = _read_json(manager, run_dir, step, "integrity")
     try:
         meta_ok = integrity["meta"] == _json_digest(meta)
@@ -579,7 +587,7 @@ def _recorded_checksums(
         raise DamagedCheckpointError(run_dir, step, "integrity", problem) from None
     if not meta_ok:
         raise DamagedCheckpointError(run_dir, step, "meta", "meta checksum mismatch")
-    return recorded
+    return recorded, _json_digest(integrity)
 
 
 def _check_layout(run_dir: Path, step: int) -> None:

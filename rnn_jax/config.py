@@ -163,7 +163,7 @@ class TrainConfig:
     optimizer: str = option(
         "sgd", "optax optimizer, always after clip_by_global_norm(theta)", choices=OPTIMIZERS
     )
-    lr: float = option(1.0, "peak learning rate")
+    lr: float = option(1.0, "peak learning rate; 0 leaves the parameters as they are")
     schedule: str = option(
         "constant",
         "learning-rate schedule over the step budget (warmup-cosine: linear warmup, then cosine)",
@@ -182,6 +182,13 @@ class TrainConfig:
         None, "stop after N optimizer steps in all (before --epochs if sooner)", resumable=True
     )
     seed: int = option(0, "PRNG seed: init, batch order and every key")
+    init_from: str | None = option(
+        None,
+        "fine-tune: start from the parameters (not the optimizer state or step) of run "
+        "folder RUN's latest checkpoint, or of its :STEP, :best or :latest; the model is "
+        "RUN's, tokens in both vocabularies keep their weights (rnn_jax.transfer)",
+        metavar="RUN[:STEP]",
+    )
     # what the loop reports
     eval_every: int = option(
         1, "validation perplexity every N epochs (and at the end); 0 = never", resumable=True
@@ -234,10 +241,12 @@ class TrainConfig:
         _choice(self, "schedule", SCHEDULES)
         if not (_is_real(self.val_fraction) and 0 <= self.val_fraction < 1):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        for name in ("lr", "theta"):
-            value = getattr(self, name)
-            if not (_is_real(value) and 0 < value < math.inf):
-                raise ValueError(f"{name} must be a positive number, got {value}")
+        if not (_is_real(self.lr) and 0 <= self.lr < math.inf):  # 0: the parameters stay
+            raise ValueError(f"lr must be a positive number or 0, got {self.lr}")
+        if not (_is_real(self.theta) and 0 < self.theta < math.inf):
+            raise ValueError(f"theta must be a positive number, got {self.theta}")
+        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
+            raise ValueError(f"init_from must name a run folder, got {self.init_from!r}")
         applies = OPTIMIZER_HYPERPARAMETERS[self.optimizer]
         for name in ("momentum", "b1", "b2", "decay", "weight_decay"):
             value = getattr(self, name)
@@ -396,7 +405,7 @@ def load_file(path: str | Path) -> dict[str, dict[str, Any]]:
             if key not in fields:
                 raise ValueError(f"config file {path}: unknown key {name}.{key}")
         sections[name] = dict(values)
-    unknown = sorted(set(raw) - set(SECTIONS) - {"run_info", "sweep"})
+    unknown = sorted(set(raw) - set(SECTIONS) - {"run_info", "sweep", "init_from"})
     if unknown:
         raise ValueError(f"config file {path}: unknown section {unknown[0]!r}")
     return sections

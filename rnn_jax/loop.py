@@ -326,6 +326,7 @@ def fit(
     progress: bool | None = None,
     run_config: RunConfig | None = None,
     mesh: Mesh | None = None,
+    init_from: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train one model from ``state`` (or a fresh one from ``config.seed``) to the step
     budget, with the actions every run has, then ``actions`` (the life cycle's ``Save``
@@ -339,7 +340,8 @@ def fit(
     ``out_dir`` they go to the run folder's files and TensorBoard events too.
     ``progress=None`` shows a progress bar only on a terminal. ``mesh``: see
     ``ModelSteps``. An action that stops the loop early returns ``interrupted=True``, a
-    state that resumes exactly, and the running ``sums`` to save with it.
+    state that resumes exactly, and the running ``sums`` to save with it. ``init_from``:
+    a fine-tune's source (``transfer.Source``), recorded in ``config.json``.
     """
     if model_config.vocab_size != dataset.vocab_size:
         raise ValueError(
@@ -367,6 +369,7 @@ def fit(
         progress,
         run_config,
         mesh,
+        init_from,
     )
     char = dataset.token == "char"
     state, points, end = train_loop(
@@ -393,6 +396,7 @@ def standard_actions(
     progress: bool | None,
     run_config: RunConfig,
     mesh: Mesh | None,
+    init_from: dict[str, Any] | None = None,
 ) -> list[Action]:
     """The actions of ``fit``: check, evaluate, sample, progress, print, and with
     ``out_dir`` the run folder's files and TensorBoard events."""
@@ -423,7 +427,7 @@ def standard_actions(
         Print(echo, config.eval_every_steps),
     ]
     if out_dir is not None:
-        actions.append(RunFiles(out_dir, model_config, config, run_config))
+        actions.append(RunFiles(out_dir, model_config, config, run_config, init_from))
         if run_config.tensorboard and report.EventWriter.available():
             actions.append(TensorBoard(out_dir, start_step))
         elif run_config.tensorboard:

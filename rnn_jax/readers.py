@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import checkpoint, data, input_pipeline, run_folder, sample
+from rnn_jax import checkpoint, data, input_pipeline, run_folder, sample, transfer
 from rnn_jax.config import SamplingConfig
 from rnn_jax.loss import bits_per_token, perplexity
 from rnn_jax.step import make_evaluate
@@ -115,7 +115,8 @@ def _first_tokens(restored: checkpoint.Restored) -> str:
 
 
 def describe(run_dir: Path) -> str:
-    """``rnn-jax info``: the run's config summary and its checkpoints as a table."""
+    """``rnn-jax info``: the run's config summary (a fine-tune's source too) and its
+    checkpoints as a table."""
     run_dir = Path(run_dir)
     lines = [f"run folder {run_dir}"]
     config = run_folder.read_config(run_dir)
@@ -135,6 +136,8 @@ def describe(run_dir: Path) -> str:
             f"theta {t.get('theta')}, epochs {t.get('num_epochs')}, "
             f"max_steps {t.get('max_steps')}, seed {t.get('seed')}"
         )
+        if config.get("init_from"):
+            lines.append(f"  {transfer.Source.from_json(config['init_from']).describe()}")
     owner = run_folder.owner(run_dir)
     if owner:
         lines.append(f"  in use by {owner}")

@@ -3,7 +3,9 @@
     prepare  a new run (``prepare_new``) or a resume (``prepare_resume``), each giving a
              ``Prepared``: the configs (defaults < config file < flags, each field
              checked where it is defined), the dataset, and everything that can fail
-             before training checked (``check_run``), before anything is written
+             before training checked (``check_run``), before anything is written; a
+             fine-tune (``--init-from``) is a new run from another run's parameters
+             (``transfer``: the source restored and verified, the vocabulary remapped)
     folder   process 0 creates and locks the folder (``RUN_DIR/.lock``, held until the
              run ends) and inspects it under the lock: a finished run is refused (or
              resumed), a dead one (no finished checkpoint, no live owner) restarted; a
@@ -42,13 +44,23 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from rnn_jax import checkpoint, input_pipeline, loop, parallel, report, run_folder, sweep
+from rnn_jax import (
+    checkpoint,
+    input_pipeline,
+    loop,
+    parallel,
+    report,
+    run_folder,
+    sweep,
+    transfer,
+)
 from rnn_jax.actions import Every, NonFiniteLossError, Save, StopWhen
 from rnn_jax.config import ModelConfig, RunConfig, TrainConfig, flag_name, load_file, to_dict
 from rnn_jax.data import encode_prefixes
 from rnn_jax.input_pipeline import Dataset
 from rnn_jax.run_folder import RunLock
 from rnn_jax.signals import Signals
+from rnn_jax.step import TrainState
 
 
 class RunError(Exception):
@@ -90,6 +102,8 @@ class Prepared:
     dataset: Dataset
     mesh: Mesh | None  # None: one device, the book's path
     restored: checkpoint.Restored | None = None  # the checkpoint a resume continues
+    start: TrainState | None = None  # a fine-tune's first state (``transfer.initial_state``)
+    source: transfer.Source | None = None  # a fine-tune's source, new or resumed
 
 
 @dataclass
@@ -113,7 +127,8 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         _join(request)
     main = parallel.is_main_process()
     echo = request.echo if main else _silent  # process 0 speaks for the run
-    run_dir = _run_dir(request, fields.model.get("cell", "rnn"))
+    fine_tune = fields.train.get("init_from") is not None
+    run_dir = _run_dir(request, "finetune" if fine_tune else fields.model.get("cell", "rnn"))
     run_config = RunConfig(**fields.run)  # checked before anything is done
     lock, created = RunLock(run_dir), False
     try:
@@ -121,6 +136,8 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
             prepared = prepare_new(fields, run_config, run_dir, signals)
             if main:
                 echo(input_pipeline.describe_data(prepared.train_config, prepared.dataset))
+                if prepared.source is not None:
+                    echo(prepared.source.describe())
                 created = _open_new_folder(run_dir, lock, echo)
         else:
             if main:
@@ -149,9 +166,17 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
 
 
 def prepare_new(fields: Fields, run_config: RunConfig, run_dir: Path, signals: Signals) -> Prepared:
-    """The configs of a new run, its dataset, and the checks; nothing is written."""
-    model_fields = dict(fields.model)
-    train_config = TrainConfig(**fields.train)
+    """The configs of a new run, its dataset, and the checks; nothing is written. A
+    fine-tune (``init_from``) restores its source first: its model and token kind are
+    the source's, and its first state is ``transfer.initial_state``'s."""
+    model_fields, train_fields = dict(fields.model), dict(fields.train)
+    source = None
+    if train_fields.get("init_from") is not None:
+        if jax.process_count() > 1:
+            raise ValueError(f"{transfer.FLAG} runs in one process, not {jax.process_count()}")
+        source_dir, source = transfer.restore_source(train_fields["init_from"])
+        train_fields = transfer.train_fields(source_dir, source, train_fields)
+    train_config = TrainConfig(**train_fields)
     dataset = input_pipeline.load_dataset(train_config, cache_dir=_cache(run_config))
     signals.check()
     vocab_size = model_fields.pop("vocab_size", dataset.vocab_size)
@@ -159,14 +184,24 @@ def prepare_new(fields: Fields, run_config: RunConfig, run_dir: Path, signals: S
         raise ValueError(
             f"the config's vocab_size {vocab_size} differs from the corpus's {dataset.vocab_size}"
         )
-    model_config = ModelConfig(vocab_size=dataset.vocab_size, **model_fields)
+    if source is None:
+        model_config = ModelConfig(vocab_size=dataset.vocab_size, **model_fields)
+    else:
+        model_config = transfer.model_config(
+            source_dir, source.model_config, model_fields, dataset.vocab_size
+        )
     if train_config.sample_prefix is None:  # stored, so sampling never rereads the text
         prefixes = tuple(input_pipeline.default_prefixes(dataset))
         train_config = dataclasses.replace(train_config, sample_prefix=prefixes)
     check_run(model_config, train_config, dataset, run_config)
     signals.check()
     mesh = parallel.mesh_for(run_config.devices)
-    return Prepared(run_dir, model_config, train_config, run_config, dataset, mesh)
+    prepared = Prepared(run_dir, model_config, train_config, run_config, dataset, mesh)
+    if source is not None:
+        prepared.start, prepared.source = transfer.initial_state(
+            source_dir, source, model_config, train_config, dataset
+        )
+    return prepared
 
 
 def prepare_resume(
@@ -192,7 +227,11 @@ def prepare_resume(
     _check_corpus(restored, dataset, run_dir)
     check_run(model_config, train_config, dataset, run_config)
     signals.check()
-    return Prepared(run_dir, model_config, train_config, run_config, dataset, mesh, restored)
+    source = restored.extra.get("init_from")
+    source = None if source is None else transfer.Source.from_json(source)
+    return Prepared(
+        run_dir, model_config, train_config, run_config, dataset, mesh, restored, source=source
+    )
 
 
 def _open_new_folder(run_dir: Path, lock: RunLock, echo: Callable[[str], None]) -> bool:
@@ -244,7 +283,7 @@ def _train(
             prepared.model_config,
             prepared.train_config,
             prepared.dataset,
-            state=None if restored is None else restored.state,
+            state=prepared.start if restored is None else restored.state,
             sums=None if restored is None else restored.extra.get("sums"),
             out_dir=run_dir if main else None,
             actions=_actions(prepared, manager, signals, echo),
@@ -252,6 +291,7 @@ def _train(
             progress=progress,
             run_config=run_config,
             mesh=prepared.mesh,
+            init_from=None if prepared.source is None else prepared.source.to_json(),
         )
     except NonFiniteLossError as err:
         _close_or_fail(manager, run_dir)
@@ -305,6 +345,7 @@ def _actions(
         corpus=prepared.dataset.fingerprint,
         num_devices=num_devices,
         saved_any=restored is not None,
+        init_from=None if prepared.source is None else prepared.source.to_json(),
     )
     stop = StopWhen(lambda: signals.received is not None, on_start=signals.start_training)
     return [save, stop]
@@ -453,8 +494,9 @@ def _join(request: TrainRequest) -> None:
         raise ValueError(str(err)) from None
 
 
-def _run_dir(request: TrainRequest, cell: str) -> Path:
-    """The run folder the request names (``--out``, ``--resume``, or a new one for ``cell``)."""
+def _run_dir(request: TrainRequest, kind: str) -> Path:
+    """The run folder the request names (``--out``, ``--resume``, or a new one named for
+    ``kind``: the cell, or ``finetune``)."""
     if request.resume is not None:
         if request.out is not None and request.out.absolute() != request.resume.absolute():
             raise ValueError(
@@ -463,7 +505,7 @@ def _run_dir(request: TrainRequest, cell: str) -> Path:
         if not request.resume.is_dir():
             raise FileNotFoundError(f"run folder not found: {request.resume}")
         return request.resume
-    run_dir = request.out or Path("runs") / f"{cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = request.out or Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     if str(run_dir) in ("", "."):
         raise ValueError("--out must name a folder")
     if run_dir.exists() and not run_dir.is_dir():
@@ -602,6 +644,8 @@ def train_seeds(request: TrainRequest) -> int:
             "--seeds starts a new sweep; continue one member with --resume RUN/member-..."
         )
     fields = resolve_configs(request)
+    if fields.train.get("init_from") is not None:
+        raise ValueError(f"--seeds starts members from their seeds, not {transfer.FLAG}")
     cell = fields.model.get("cell", "rnn")
     run_dir = request.out or Path("runs") / f"{cell}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
     signals = Signals()

@@ -1,6 +1,7 @@
 """A run folder: what it holds, who owns it, and the folder operations of a run's life.
 
-    RUN_DIR/config.json      the model, train and run configs, versions and devices
+    RUN_DIR/config.json      the model, train and run configs, versions and devices (and
+                             a fine-tune's source)
     RUN_DIR/metrics.jsonl    one record per line (``report``)
     RUN_DIR/samples.txt      the samples printed during training
     RUN_DIR/perplexity.png   the book's plot of train and validation perplexity
@@ -44,16 +45,25 @@ RUN_FILES = (CONFIG, METRICS, SAMPLES, PLOT, CHECKPOINTS, EVENTS)  # what a run 
 
 
 def write_config(
-    run_dir: Path, model_config: ModelConfig, config: TrainConfig, run_config: RunConfig
+    run_dir: Path,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    run_config: RunConfig,
+    *,
+    init_from: dict[str, Any] | None = None,
 ) -> None:
     """``config.json``: the model, train and run sections (``rnn-jax train --config``
-    reads it back) and the versions and devices it ran with."""
+    reads it back), the versions and devices it ran with, and for a fine-tune the
+    ``init_from`` section (``transfer.Source``: the source run, step and checkpoint
+    sha256, the tokens kept, new and dropped)."""
     payload = {
         "model": to_dict(model_config),
         "train": to_dict(config),
         "run": to_dict(run_config),
         "run_info": run_info(),
     }
+    if init_from is not None:
+        payload["init_from"] = init_from
     write_atomic(run_dir / CONFIG, json.dumps(payload, indent=2) + "\n")
 
 
