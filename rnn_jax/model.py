@@ -93,7 +93,7 @@ def _recurrence(W_hh: jax.Array, XW: jax.Array, h0: Hidden) -> tuple[jax.Array, 
 
 
 def cell_of(config: ModelConfig) -> cells.Cell:
-    return cells.get(config.cell, config.nonlinearity)
+    return cells.get(config.cell, config.nonlinearity, config.scan)
 
 
 def init(config: ModelConfig, key: jax.Array) -> Params:
