@@ -305,7 +305,7 @@ def test_a_linear_cell_through_the_command_line(capsys, tmp_path: Path):
         assert cli.main(["sample", "--checkpoint", str(straight), *strategy]) == 0
         assert capsys.readouterr().out.startswith("time traveller"), strategy
     assert cli.main(["info", str(straight)]) == 0
-    assert "lru" in capsys.readouterr().out
+    assert "model: lru x1 (associative scan), H 16" in capsys.readouterr().out
 
 
 def test_vmapped_sweep_of_a_linear_cell_equals_its_solo_runs():
