@@ -36,7 +36,8 @@ input projection and the head run in bfloat16, the recurrence on the float32 cas
 Between stacked layers sits what sits between the book's cells: the model's dropout,
 nothing else (the papers wrap each layer in a residual block with a norm and an MLP).
 All use plain autodiff (no hand-written VJP): the scans' own derivatives are already a
-scan of the same kind backwards.
+scan of the same kind backwards. Flax (0.12) has none of the three (its ``MGUCell``, the
+minimal gated unit, still reads ``H_{t-1}`` in its gates), so they have no Flax twins.
 """
 
 from __future__ import annotations
