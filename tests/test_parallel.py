@@ -39,7 +39,7 @@ MODELS = {  # name -> (cell, num_layers)
     "gru": ("gru", 1),
     "lstm": ("lstm", 1),
     "lstm2": ("lstm", 2),
-    "lru": ("lru", 1),  # with the associative scan over time, its state a (Re, Im) pair
+    "minlstm": ("minlstm", 1),  # with the associative scan over time
 }
 LOSS_RTOL = 1e-5
 PARAM_ATOL = 1e-5
