@@ -65,7 +65,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.config import GATES
+from rnn_jax import linear_cells
+from rnn_jax.config import GATES, LINEAR_CELLS, SCANS
 
 Params = dict[str, jax.Array]
 State = Any  # H (B, H), or (H, C) for the LSTM
@@ -90,8 +91,11 @@ def init_gates(
     num_hiddens: int,
     sigma: float = 0.01,
     init: str = "normal",
+    *,
+    hidden: bool = True,
 ) -> Params:
-    """``W_x?`` ``(D, H)``, ``W_h?`` ``(H, H)`` and ``b_?`` ``(H,)`` for each gate.
+    """``W_x?`` ``(D, H)``, ``W_h?`` ``(H, H)`` and ``b_?`` ``(H,)`` for each gate (no
+    ``W_h?`` with ``hidden=False``: the min-cells' gates read the input alone).
 
     ``init="normal"``: the book's weights ~ N(0, sigma^2), biases zero. ``"uniform"``:
     PyTorch's ``nn.RNN/GRU/LSTM`` default, every weight and bias ~ U(-1/sqrt(H),
@@ -103,14 +107,16 @@ def init_gates(
         if init == "normal":
             k_x, k_h = jax.random.split(k)
             params[f"W_x{gate}"] = sigma * jax.random.normal(k_x, (num_inputs, num_hiddens))
-            params[f"W_h{gate}"] = sigma * jax.random.normal(k_h, (num_hiddens, num_hiddens))
+            if hidden:
+                params[f"W_h{gate}"] = sigma * jax.random.normal(k_h, (num_hiddens, num_hiddens))
             params[f"b_{gate}"] = jnp.zeros((num_hiddens,))
         elif init == "uniform":
             k_x, k_h, k_b = jax.random.split(k, 3)
             bound = 1 / num_hiddens**0.5
             uniform = functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
             params[f"W_x{gate}"] = uniform(k_x, (num_inputs, num_hiddens))
-            params[f"W_h{gate}"] = uniform(k_h, (num_hiddens, num_hiddens))
+            if hidden:
+                params[f"W_h{gate}"] = uniform(k_h, (num_hiddens, num_hiddens))
             params[f"b_{gate}"] = uniform(k_b, (num_hiddens,))
         else:
             raise ValueError(f"init must be normal or uniform, got {init!r}")
@@ -393,41 +399,73 @@ def _lstm(W_h, XW, state):
 # ------------------------------------------------------------------ registry
 
 
-def _rnn_cell(nonlinearity: str) -> Cell:
+def _rnn_cell(nonlinearity: str, scan: str) -> Cell:
     step = functools.partial(rnn_step, nonlinearity=nonlinearity)
     recurrence = functools.partial(rnn_recurrence, nonlinearity=nonlinearity)
     return Cell("rnn", GATES["rnn"], _init("rnn"), zeros_state, step, recurrence)
 
 
-def _gru_cell(nonlinearity: str) -> Cell:
+def _gru_cell(nonlinearity: str, scan: str) -> Cell:
     return Cell("gru", GATES["gru"], _init("gru"), zeros_state, gru_step, gru_recurrence)
 
 
-def _lstm_cell(nonlinearity: str) -> Cell:
+def _lstm_cell(nonlinearity: str, scan: str) -> Cell:
     return Cell("lstm", GATES["lstm"], _init("lstm"), lstm_state, lstm_step, lstm_recurrence)
+
+
+def _mingru_cell(nonlinearity: str, scan: str) -> Cell:
+    recurrence = functools.partial(
+        linear_cells.min_recurrence, linear_cells.mingru_coefficients, scan
+    )
+    init = functools.partial(init_gates, GATES["mingru"], hidden=False)
+    return Cell("mingru", GATES["mingru"], init, zeros_state, linear_cells.mingru_step, recurrence)
+
+
+def _minlstm_cell(nonlinearity: str, scan: str) -> Cell:
+    recurrence = functools.partial(
+        linear_cells.min_recurrence, linear_cells.minlstm_coefficients, scan
+    )
+    init = functools.partial(init_gates, GATES["minlstm"], hidden=False)
+    step = linear_cells.minlstm_step
+    return Cell("minlstm", GATES["minlstm"], init, zeros_state, step, recurrence)
+
+
+def _lru_cell(nonlinearity: str, scan: str) -> Cell:
+    recurrence = functools.partial(linear_cells.lru_recurrence, scan)
+    lru = linear_cells
+    return Cell("lru", GATES["lru"], lru.lru_init, lru.lru_state, lru.lru_step, recurrence)
 
 
 def _init(name: str) -> Callable[..., Params]:
     return functools.partial(init_gates, GATES[name])
 
 
-# Each cell of ``config.GATES`` by name: a function of the rnn's nonlinearity to its ``Cell``.
-REGISTRY: dict[str, Callable[[str], Cell]] = {
+# Each cell of ``config.GATES`` by name: a function of the rnn's nonlinearity and the scan
+# mode (``config.SCANS``, for the cells of ``config.LINEAR_CELLS``) to its ``Cell``.
+REGISTRY: dict[str, Callable[[str, str], Cell]] = {
     "rnn": _rnn_cell,
     "gru": _gru_cell,
     "lstm": _lstm_cell,
+    "mingru": _mingru_cell,
+    "minlstm": _minlstm_cell,
+    "lru": _lru_cell,
 }
 
 
-def get(name: str, nonlinearity: str = "tanh") -> Cell:
-    """The cell called ``name`` ("rnn", "gru", "lstm"); ``nonlinearity`` is the rnn's."""
+def get(name: str, nonlinearity: str = "tanh", scan: str = "sequential") -> Cell:
+    """The cell called ``name`` (a key of ``REGISTRY``); ``nonlinearity`` is the rnn's,
+    ``scan`` how a linear cell runs over time."""
     if name not in REGISTRY:
         raise ValueError(f"cell must be one of {tuple(REGISTRY)}, got {name!r}")
     if nonlinearity not in _ACTIVATIONS:
         raise ValueError(f"nonlinearity must be one of {tuple(_ACTIVATIONS)}, got {nonlinearity!r}")
     if nonlinearity != "tanh" and name != "rnn":
         raise ValueError(f"nonlinearity applies to the rnn cell only, not {name!r}")
-    return REGISTRY[name](nonlinearity)
+    if scan not in SCANS:
+        raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
+    if scan != "sequential" and name not in LINEAR_CELLS:
+        raise ValueError(f"scan {scan} needs a cell linear in its state, not {name!r}")
+    return REGISTRY[name](nonlinearity, scan)
 
 
 # ------------------------------------------------------------------ bidirectional

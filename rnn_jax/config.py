@@ -41,8 +41,14 @@ GATES: dict[str, tuple[str, ...]] = {
     "rnn": ("h",),  # D2L 9.5
     "gru": ("z", "r", "h"),  # D2L 10.2: update, reset, candidate
     "lstm": ("i", "f", "o", "c"),  # D2L 10.1: input, forget, output, candidate cell
+    "mingru": ("z", "h"),  # Feng et al. 2024: update gate, candidate
+    "minlstm": ("f", "i", "h"),  # Feng et al. 2024: forget, input, candidate
+    "lru": ("re", "im", "d"),  # Orvieto et al. 2023: B's real, imaginary parts; skip D
 }
 CELLS = tuple(GATES)
+# The cells whose update is linear in their state, so it can be an associative scan.
+LINEAR_CELLS = ("mingru", "minlstm", "lru")
+SCANS = ("sequential", "associative")  # how a linear cell runs over time
 NONLINEARITIES = ("tanh", "relu")  # of the rnn cell
 INITS = ("normal", "uniform")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -91,7 +97,10 @@ class ModelConfig:
     )
     num_hiddens: int = option(512, "H: width of the hidden state of every layer")
     cell: str = option(
-        "rnn", "recurrent cell: rnn (D2L 9.5), gru (10.2), lstm (10.1)", choices=CELLS
+        "rnn",
+        "recurrent cell: rnn (D2L 9.5), gru (10.2), lstm (10.1); mingru, minlstm (Feng et "
+        "al. 2024), lru (Orvieto et al. 2023): linear in their state",
+        choices=CELLS,
     )
     num_layers: int = option(1, "stacked layers, layer k fed layer k-1's outputs (D2L 10.3)")
     dropout: float = option(0.0, "dropout on the outputs of all but the last layer, training only")
@@ -109,6 +118,12 @@ class ModelConfig:
         "gradients stay float32, logits are cast to float32 before the softmax",
         choices=COMPUTE_DTYPES,
     )
+    scan: str = option(
+        "sequential",
+        "how a linear cell (mingru, minlstm, lru) runs over time: sequential = lax.scan, "
+        "the reference; associative = lax.associative_scan, O(log T) depth",
+        choices=SCANS,
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "vocab_size", "num_hiddens", "num_layers")
@@ -116,6 +131,12 @@ class ModelConfig:
         _choice(self, "nonlinearity", NONLINEARITIES)
         _choice(self, "init", INITS)
         _choice(self, "compute_dtype", COMPUTE_DTYPES)
+        _choice(self, "scan", SCANS)
+        if self.scan != "sequential" and self.cell not in LINEAR_CELLS:
+            raise ValueError(
+                f"scan {self.scan} needs a cell linear in its state ({', '.join(LINEAR_CELLS)}); "
+                f"the {self.cell} cell's update is not"
+            )
         if not (_is_real(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be positive, got {self.sigma}")
         if not (_is_real(self.dropout) and 0 <= self.dropout < 1):

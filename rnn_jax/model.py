@@ -84,16 +84,17 @@ def _recurrence(W_hh: jax.Array, XW: jax.Array, h0: Hidden) -> tuple[jax.Array, 
 # ---------------------------------------------------------------- by configuration
 #
 # The language model any ``ModelConfig`` describes: ``num_layers`` cells of one kind
-# (rnn, gru or lstm; see ``cells``), layer 0 fed the one-hot tokens and layer k the
-# outputs of layer k-1 (D2L 10.3), then the head ``H W_hq + b_q`` on the last layer.
+# (``cells.REGISTRY``: the book's rnn, gru, lstm; mingru, minlstm, lru), layer 0 fed the
+# one-hot tokens and layer k the outputs of layer k-1 (D2L 10.3), then the head
+# ``H W_hq + b_q`` on the last layer.
 #
 # Params: {"layer_0": {book names of the cell}, ..., "layer_{L-1}": {...}, "W_hq", "b_q"}.
-# State: the cell's state (rnn, gru ``(B, H)``; lstm ``(H, C)``) for one layer, a tuple
-# of one per layer for several.
+# State: the cell's state (``(B, H)``; the lstm's ``(H, C)``, the lru's ``(Re S, Im S)``)
+# for one layer, a tuple of one per layer for several.
 
 
 def cell_of(config: ModelConfig) -> cells.Cell:
-    return cells.get(config.cell, config.nonlinearity)
+    return cells.get(config.cell, config.nonlinearity, config.scan)
 
 
 def init(config: ModelConfig, key: jax.Array) -> Params:
@@ -147,9 +148,10 @@ def apply(
     matmul after the last scan. With ``key`` (training) and
     ``config.dropout > 0``, dropout is applied to the outputs of every layer but the last.
 
-    With ``config.compute_dtype`` bfloat16 the cells' parameters and ``state`` are cast to
-    bfloat16 on the way in, so the projections and recurrences (forward and custom VJP)
-    run in bfloat16 and the gradients come back float32 through the casts; the head
+    With ``config.compute_dtype`` bfloat16 the cells' weights (``W_*``, ``b_*``) and
+    ``state`` are cast to bfloat16 on the way in, so the projections and recurrences
+    (forward and custom VJP) run in bfloat16 and the gradients come back float32 through
+    the casts (the cells of ``linear_cells`` run their recurrences in float32); the head
     multiplies bfloat16 operands into float32 logits, and the returned state has
     ``state``'s dtype (float32 from ``zero_state``).
     """
@@ -158,7 +160,9 @@ def apply(
     mixed = compute != jnp.float32
     if mixed:
         out_dtypes = jax.tree.map(lambda x: x.dtype, state)
-        params = {k: _cast(v, compute) if k.startswith("layer_") else v for k, v in params.items()}
+        params = {
+            k: _cast_weights(v, compute) if k.startswith("layer_") else v for k, v in params.items()
+        }
         state = _cast(state, compute)
     states = _stack(config, state)
     new_states = []
@@ -178,6 +182,12 @@ def apply(
         return jnp.swapaxes(logits, 0, 1), new_state
     logits = Hs @ params["W_hq"] + params["b_q"]  # (T, B, V)
     return jnp.swapaxes(logits, 0, 1), _unstack(config, tuple(new_states))
+
+
+def _cast_weights(layer: Params, dtype: jnp.dtype) -> Params:
+    """The matmul weights and biases ``W_*``, ``b_*`` of a layer cast to ``dtype``; the rest
+    (the LRU's eigenvalues and output projection, used inside its recurrence) as they are."""
+    return {k: v.astype(dtype) if k[:2] in ("W_", "b_") else v for k, v in layer.items()}
 
 
 def _cast(tree: Any, dtype: jnp.dtype) -> Any:

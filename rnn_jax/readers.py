@@ -114,6 +114,11 @@ def _first_tokens(restored: checkpoint.Restored) -> str:
     return input_pipeline.default_prefixes(dataset)[0]
 
 
+def _scan_note(model: dict) -> str:
+    """`` (associative scan)`` for a linear cell run so, else nothing."""
+    return f" ({model['scan']} scan)" if model.get("scan", "sequential") != "sequential" else ""
+
+
 def describe(run_dir: Path) -> str:
     """``rnn-jax info``: the run's config summary (a fine-tune's source too) and its
     checkpoints as a table."""
@@ -123,7 +128,8 @@ def describe(run_dir: Path) -> str:
     if config:
         m, t = config.get("model", {}), config.get("train", {})
         lines.append(
-            f"  model: {m.get('cell')} x{m.get('num_layers')}, H {m.get('num_hiddens')}, "
+            f"  model: {m.get('cell')} x{m.get('num_layers')}{_scan_note(m)}, "
+            f"H {m.get('num_hiddens')}, "
             f"V {m.get('vocab_size')}, init {m.get('init')}, {m.get('compute_dtype')}"
         )
         lines.append(

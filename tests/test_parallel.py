@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from rnn_jax import input_pipeline, model, parallel, sample, step
-from rnn_jax.config import ModelConfig, TrainConfig
+from rnn_jax.config import LINEAR_CELLS, ModelConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = TrainConfig(
@@ -39,6 +39,7 @@ MODELS = {  # name -> (cell, num_layers)
     "gru": ("gru", 1),
     "lstm": ("lstm", 1),
     "lstm2": ("lstm", 2),
+    "minlstm": ("minlstm", 1),  # with the associative scan over time
 }
 LOSS_RTOL = 1e-5
 PARAM_ATOL = 1e-5
@@ -54,6 +55,7 @@ def _model_config(
         cell=cell,
         num_layers=layers,
         compute_dtype=dtype,
+        scan="associative" if cell in LINEAR_CELLS else "sequential",
     )
 
 
