@@ -38,8 +38,8 @@ from rnn_jax.model import Params
 from rnn_jax.step import TrainState, init_train_state, make_optimizer
 
 # The model fields a fine-tune may set otherwise than its source: they change how the
-# parameters train, not what they are.
-TRAINING_ONLY = ("dropout", "compute_dtype")
+# parameters train (or, ``scan``, how a linear cell runs over time), not what they are.
+TRAINING_ONLY = ("dropout", "compute_dtype", "scan")
 FLAG = flag_name(TrainConfig, "init_from")
 
 
