@@ -14,13 +14,12 @@ one they print what they did and raise ``Interrupted``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import jax
 import numpy as np
@@ -33,6 +32,9 @@ from rnn_jax.signals import Interrupted, ReaderSignals
 
 SAMPLE_CHUNK = 256  # tokens generated after each prefix between two looks for a signal
 EVAL_CHUNK_TOKENS = 1 << 16  # tokens scored between two looks for a signal
+Chunk = TypeVar("Chunk")
+
+_evaluate_from = jax.jit(step.evaluate_from, static_argnames="model_config")
 
 
 def evaluate_in_chunks(
@@ -43,15 +45,15 @@ def evaluate_in_chunks(
     ``evaluate``'s (tested). Compiles before it returns, so that a caller times the
     evaluation alone. (The chunks are cut on the host: slicing a device array at a new
     offset would compile a new slice.)"""
-    scan = jax.jit(functools.partial(step.evaluate_from, model_config))
     h0 = model.zero_state(model_config, Xs.shape[1])
     K = len(Xs)
     for n in {min(chunk, K), K % chunk} - {0}:  # each chunk length compiles (on a first run)
-        jax.block_until_ready(scan(params, h0, Xs[:n], Ys[:n]))
+        jax.block_until_ready(_evaluate_from(model_config, params, h0, Xs[:n], Ys[:n]))
 
     def chunks(h: model.State) -> Iterator[np.ndarray]:
         for start in range(0, K, chunk):
-            h, nlls = scan(params, h, Xs[start : start + chunk], Ys[start : start + chunk])
+            X, Y = Xs[start : start + chunk], Ys[start : start + chunk]
+            h, nlls = _evaluate_from(model_config, params, h, X, Y)
             yield np.asarray(nlls)
 
     return chunks(h0)
@@ -74,40 +76,16 @@ def evaluate_checkpoint(
     perplexity of the tokens scored so far."""
     restored = checkpoint.restore(run_dir, step=step)
     config = restored.train_config
-    if corpus is None:
-        dataset = input_pipeline.load_dataset(config)
-        if restored.corpus and restored.corpus.get("sha256") not in (
-            None,
-            dataset.fingerprint.get("sha256"),
-        ):
-            echo(
-                f"note: the training corpus {config.corpus or '(shipped)'} changed since "
-                f"{run_dir} was trained; scoring its current validation split"
-            )
-        tokens = dataset.val
-        if len(tokens) < 2:
-            raise ValueError(f"the run in {run_dir} has no validation split; name a --corpus")
-        what = "the validation split"
-    else:
-        tokens = data.encode_corpus(corpus, restored.vocab, config.token, config.preprocess)
-        if len(tokens) < 2:
-            raise ValueError(f"corpus {corpus} has fewer than 2 tokens after preprocessing")
-        what = str(corpus)
-    if eval_tokens is not None:
-        tokens = tokens[:eval_tokens]
-    Xs, Ys = input_pipeline.eval_batches(tokens, config.batch_size, config.num_steps)
+    tokens, what = _tokens_to_score(run_dir, restored, corpus, echo)
+    Xs, Ys = input_pipeline.eval_batches(tokens[:eval_tokens], config.batch_size, config.num_steps)
     K, B, T = Xs.shape
     chunks = evaluate_in_chunks(
         restored.model_config, restored.params, Xs, Ys, max(1, chunk_tokens // (B * T))
     )
-    nlls = []
     started = time.perf_counter()
-    with _progress(Ys.size, "token", progress) as bar, _chunked(signals):
-        for part in chunks:
-            nlls.append(part)
-            bar.update(part.size * B * T)
-            if _stopped(signals):
-                break
+    nlls = list(
+        _watched(chunks, Ys.size, "token", lambda part: part.size * B * T, signals, progress)
+    )
     seconds = time.perf_counter() - started
     done = sum(map(len, nlls))
     count = done * B * T
@@ -125,6 +103,31 @@ def evaluate_checkpoint(
     if _stopped(signals):
         raise _interrupted(signals, f"after {count:,} of {Ys.size:,} tokens; eval stopped")
     return 0
+
+
+def _tokens_to_score(
+    run_dir: Path, restored: checkpoint.Restored, corpus: Path | None, echo: Callable[[str], None]
+) -> tuple[np.ndarray, str]:
+    """The tokens ``eval`` scores (the run's validation split, or ``corpus`` through the
+    run's vocabulary), and what they are, in words."""
+    config = restored.train_config
+    if corpus is not None:
+        tokens = data.encode_corpus(corpus, restored.vocab, config.token, config.preprocess)
+        if len(tokens) < 2:
+            raise ValueError(f"corpus {corpus} has fewer than 2 tokens after preprocessing")
+        return tokens, str(corpus)
+    dataset = input_pipeline.load_dataset(config)
+    if restored.corpus and restored.corpus.get("sha256") not in (
+        None,
+        dataset.fingerprint.get("sha256"),
+    ):
+        echo(
+            f"note: the training corpus {config.corpus or '(shipped)'} changed since "
+            f"{run_dir} was trained; scoring its current validation split"
+        )
+    if len(dataset.val) < 2:
+        raise ValueError(f"the run in {run_dir} has no validation split; name a --corpus")
+    return dataset.val, "the validation split"
 
 
 def sample_checkpoint(
@@ -151,12 +154,9 @@ def sample_checkpoint(
     generated is printed and ``Interrupted`` raised.
     """
     out = out or sys.stdout
-    texts = [_read_prefix_file(p) if isinstance(p, Path) else p for p in prefixes or ()]
     restored = checkpoint.restore(run_dir, step=step)
     config = restored.train_config
-    for i, source in enumerate(prefixes or ()):
-        if isinstance(source, Path):
-            texts[i] = _file_prefix(source, texts[i], restored)
+    texts = [_file_prefix(p, restored) if isinstance(p, Path) else p for p in prefixes or ()]
     texts = texts or list(config.sample_prefix or ()) or [_first_tokens(restored)]
     if stream and len(texts) != 1:
         raise ValueError(
@@ -173,52 +173,45 @@ def sample_checkpoint(
         key=jax.random.key(seed),
         preprocess=config.preprocess,
     )
-    unit = "char" if config.token == "char" else "word"
+    if stream and sampling.strategy == "beam":
+        print("note: beam search prints its best beam when it ends", file=sys.stderr)
     if stream:
         _write(out, texts[0])
-        if sampling.strategy == "beam":
-            print("note: beam search prints its best beam when it ends", file=sys.stderr)
-    with _progress(num_preds, unit, False if stream else progress) as bar, _chunked(signals):
+
+    def chunks() -> Iterator[tuple[int, list[str]]]:  # (tokens, each prefix's new text)
         while generation.generated < num_preds:
             n = min(chunk, num_preds - generation.generated)
-            gained = generation.advance(n)
-            if stream:
-                _write(out, gained[0])
-            bar.update(n)
-            if _stopped(signals):
-                break
-    if stream:
-        if sampling.strategy == "beam":
-            ids = generation.continuations()[0]
-            _write(out, sample.continuation_text(ids, restored.vocab, config.token))
-        _write(out, "\n")
-    else:
-        for text in generation.texts():
-            print(text, file=out)
+            yield n, generation.advance(n)
+
+    unit = "char" if config.token == "char" else "word"
+    bar = False if stream else progress
+    for _, gained in _watched(chunks(), num_preds, unit, lambda c: c[0], signals, bar):
+        if stream:
+            _write(out, gained[0])
+    if stream and sampling.strategy == "beam":
+        ids = generation.continuations()[0]
+        _write(out, sample.continuation_text(ids, restored.vocab, config.token))
+    _write(out, "\n" if stream else "".join(text + "\n" for text in generation.texts()))
     if _stopped(signals):
         done = f"{generation.generated:,} of {num_preds:,} {unit}s"
         raise _interrupted(signals, f"after {done}; sample stopped")
     return 0
 
 
-def _read_prefix_file(path: Path) -> str:
-    """The text of a ``--prefix-file`` (UTF-8), refused in one line if unreadable."""
+def _file_prefix(path: Path, restored: checkpoint.Restored) -> str:
+    """The text of a ``--prefix-file``, preprocessed as the run's corpus was; refused in
+    one line if unreadable, not UTF-8, empty, or holding a token outside the vocabulary."""
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise ValueError(f"--prefix-file {path}: {err.strerror or err}") from None
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(
             f"--prefix-file {path} is not UTF-8 text: byte 0x{raw[err.start]:02x} at offset "
             f"{err.start} cannot be decoded"
         ) from None
-
-
-def _file_prefix(path: Path, text: str, restored: checkpoint.Restored) -> str:
-    """A prefix file's text, preprocessed as the run's corpus was; refused in one line if
-    nothing is left or a token is not in the run's vocabulary."""
     config = restored.train_config
     text = data.preprocess(text, config.preprocess)
     if not text:
@@ -244,11 +237,26 @@ def _write(out: TextIO, text: str) -> None:
     out.flush()
 
 
-def _progress(total: int, unit: str, enabled: bool | None) -> tqdm:
-    """A progress bar on stderr, shown once the work has lasted a second: on a terminal
-    only when ``enabled`` is None."""
-    disable = None if enabled is None else not enabled
-    return tqdm(total=total, unit=unit, unit_scale=True, disable=disable, leave=False, delay=1)
+def _watched(
+    chunks: Iterator[Chunk],
+    total: int,
+    unit: str,
+    size: Callable[[Chunk], int],
+    signals: ReaderSignals | None,
+    progress: bool | None,
+) -> Iterator[Chunk]:
+    """``chunks`` passed on, with a progress bar over ``total`` (on stderr, once the work
+    has lasted a second; on a terminal only when ``progress`` is None) advanced by each
+    one's ``size``, and a look for a signal after each: the chunk a signal arrived in
+    is the last."""
+    disable = None if progress is None else not progress
+    bar = tqdm(total=total, unit=unit, unit_scale=True, disable=disable, leave=False, delay=1)
+    with bar, _chunked(signals):
+        for chunk in chunks:
+            yield chunk
+            bar.update(size(chunk))
+            if _stopped(signals):
+                return
 
 
 def _chunked(signals: ReaderSignals | None) -> contextlib.AbstractContextManager[None]:
