@@ -14,6 +14,7 @@ one they print what they did and raise ``Interrupted``.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -175,27 +176,46 @@ def sample_checkpoint(
     )
     if stream and sampling.strategy == "beam":
         print("note: beam search prints its best beam when it ends", file=sys.stderr)
+    try:
+        _generate(generation, num_preds, chunk, out, stream, signals, progress)
+    except BrokenPipeError:  # stdout's reader went away (``sample --stream | head``)
+        if out is sys.stdout:  # Python's last flush at exit would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    if _stopped(signals):
+        done = f"{generation.generated:,} of {num_preds:,} {_unit(config.token)}s"
+        raise _interrupted(signals, f"after {done}; sample stopped")
+    return 0
+
+
+def _generate(
+    generation: sample.Generation,
+    num_preds: int,
+    chunk: int,
+    out: TextIO,
+    stream: bool,
+    signals: ReaderSignals | None,
+    progress: bool | None,
+) -> None:
+    """``generation`` advanced to ``num_preds`` tokens a chunk at a time, until then or a
+    signal, then each prefix and its continuation on ``out``; with ``stream``, the one
+    prefix first and each chunk's text as it comes."""
     if stream:
-        _write(out, texts[0])
+        _write(out, generation.prefixes[0])
 
     def chunks() -> Iterator[tuple[int, list[str]]]:  # (tokens, each prefix's new text)
         while generation.generated < num_preds:
             n = min(chunk, num_preds - generation.generated)
             yield n, generation.advance(n)
 
-    unit = "char" if config.token == "char" else "word"
-    bar = False if stream else progress
+    unit, bar = _unit(generation.token), False if stream else progress
     for _, gained in _watched(chunks(), num_preds, unit, lambda c: c[0], signals, bar):
         if stream:
             _write(out, gained[0])
-    if stream and sampling.strategy == "beam":
+    if stream and generation.sampling.strategy == "beam":
         ids = generation.continuations()[0]
-        _write(out, sample.continuation_text(ids, restored.vocab, config.token))
+        _write(out, sample.continuation_text(ids, generation.vocab, generation.token))
     _write(out, "\n" if stream else "".join(text + "\n" for text in generation.texts()))
-    if _stopped(signals):
-        done = f"{generation.generated:,} of {num_preds:,} {unit}s"
-        raise _interrupted(signals, f"after {done}; sample stopped")
-    return 0
 
 
 def _file_prefix(path: Path, restored: checkpoint.Restored) -> str:
@@ -230,6 +250,10 @@ def _first_tokens(restored: checkpoint.Restored) -> str:
     """The default prefix of a run saved before its config stored it (reads the corpus)."""
     dataset = input_pipeline.load_dataset(restored.train_config)
     return input_pipeline.default_prefixes(dataset)[0]
+
+
+def _unit(token: str) -> str:
+    return "char" if token == "char" else "word"
 
 
 def _write(out: TextIO, text: str) -> None:

@@ -205,6 +205,32 @@ def test_sample_stopped_prints_what_was_generated(run_dir: Path) -> None:
     assert out.getvalue() == want + "\n"
 
 
+class ClosedPipe(io.StringIO):
+    """stdout whose reader went away once 30 characters arrived (``| head -c 30``)."""
+
+    def write(self, text: str) -> int:
+        if self.tell() + len(text) > 30:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_stream_into_a_closed_pipe_stops_quietly(run_dir: Path) -> None:
+    """``sample --stream | head -c 30``: generation stops at the first write that fails,
+    with SIGPIPE's exit status, 141, and nothing more to say."""
+    status = readers.sample_checkpoint(
+        run_dir,
+        prefixes=["time"],
+        num_preds=10**6,
+        step=None,
+        sampling=SamplingConfig(),
+        seed=0,
+        stream=True,
+        out=ClosedPipe(),
+        chunk=8,
+    )
+    assert status == 128 + signal.SIGPIPE == 141
+
+
 # ------------------------------------------------------------------------ the command line
 
 
