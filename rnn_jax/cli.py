@@ -9,7 +9,8 @@ nothing that loads JAX before ``main`` installed the signal handlers.
 
 Bad input gets one line on stderr and exit status 2 and changes nothing on disk; a run
 that fails (a NaN loss, a write that fails) exits 1 naming its last good checkpoint;
-SIGINT, SIGTERM and SIGHUP save a resumable checkpoint and exit 130, 143 and 129.
+SIGINT, SIGTERM and SIGHUP save a resumable checkpoint and exit 130, 143 and 129
+(``eval`` and ``sample`` print what they did first; ``info`` just stops).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from rnn_jax.config import (
     field_type,
     flag_name,
 )
-from rnn_jax.signals import SIGNALS, Interrupted, Signals
+from rnn_jax.signals import SIGNALS, Interrupted, ReaderSignals, Signals
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -230,6 +231,21 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         "sample prefixes)",
     )
     sample.add_argument(
+        "--prefix-file",
+        action="append",
+        type=Path,
+        dest="prefix",
+        metavar="FILE",
+        help="a file whose text (UTF-8, preprocessed as the run's corpus was) is a prefix; "
+        "repeatable, and in order with --prefix",
+    )
+    sample.add_argument(
+        "--stream",
+        action="store_true",
+        help="write each token as it is generated (one prefix; beam search writes its "
+        "best beam at the end)",
+    )
+    sample.add_argument(
         "--num-chars",
         type=str,
         default="100",
@@ -391,8 +407,11 @@ def sample_options(args: argparse.Namespace) -> dict[str, Any]:
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if args.stream and args.prefix and len(args.prefix) > 1:
+        raise UsageError(f"--stream continues one prefix, got {len(args.prefix)}")
     return {
         "prefixes": args.prefix,
+        "stream": args.stream,
         "num_preds": num_chars,
         "step": checkpoint_step(args.step),
         "sampling": sampling,
@@ -419,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals = None
     if argv_given is None and argv[:1] == ["train"]:
         signals = Signals().__enter__()  # first: a signal from here on is never lost
+    elif argv_given is None and argv[:1] in (["eval"], ["sample"], ["info"]):
+        signals = ReaderSignals(argv[0]).__enter__()  # exits at once, or stops a chunk loop
     try:
         args = build_parser().parse_args(argv)
     except UsageError as err:
@@ -436,9 +457,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return run.train_from_request(run.TrainRequest(**train_request(args)), signals)
         if args.command == "eval":
-            return readers.evaluate_checkpoint(args.checkpoint, **eval_options(args))
+            return readers.evaluate_checkpoint(
+                args.checkpoint, **eval_options(args), signals=signals
+            )
         if args.command == "sample":
-            return readers.sample_checkpoint(args.checkpoint, **sample_options(args))
+            return readers.sample_checkpoint(
+                args.checkpoint, **sample_options(args), signals=signals
+            )
         if args.command == "export":
             return export.export_checkpoint(args.run_dir, **export_options(args))
         print(readers.describe(args.run_dir))

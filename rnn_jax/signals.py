@@ -4,14 +4,23 @@ The handlers only set a flag. While the run starts up, ``Signals.check`` turns t
 into ``Interrupted`` between stages (raising from the handler itself could land inside
 JAX's backend start-up, which swallows or wraps it); once training runs, the loop's
 ``actions.StopWhen`` stops after the current step, and the run saves and exits
-``128 + signum``. This module imports nothing but the standard library, so the command
-line installs the handlers before anything imports JAX.
+``128 + signum``.
+
+The commands that only read a run folder (``eval``, ``sample``, ``info``) have nothing
+to save: ``ReaderSignals`` ends them at once, except while they work in chunks, which
+stop after the current chunk and keep what they did. This module imports nothing but
+the standard library, so the command line installs the handlers before anything
+imports JAX.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
-from typing import Any
+import sys
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -59,3 +68,45 @@ class Signals:
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
+
+
+class ReaderSignals(Signals):
+    """The handlers of a command that only reads (``eval``, ``sample``, ``info``).
+
+    Outside ``chunks()``, a signal ends the process at once: one line on stderr, exit
+    status 128 + signum. The command has written nothing it could lose, and raising from
+    the handler instead could land inside JAX (a garbage-collection callback, the
+    backend's start-up), which prints it as a traceback. Inside ``chunks()`` a signal is
+    only noted (``received``): the work stops after its current chunk and keeps what it
+    did.
+    """
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+        self.in_chunks = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        super()._handle(signum, frame)
+        if not self.in_chunks:
+            exit_now(signum, f"{self.command} stopped")
+
+    @contextlib.contextmanager
+    def chunks(self) -> Iterator[None]:
+        """While inside, a signal stops the work after its current chunk."""
+        self.in_chunks = True
+        try:
+            yield
+        finally:
+            self.in_chunks = False
+
+
+def exit_now(signum: int, what: str) -> NoReturn:
+    """Flush stdout, say ``SIGNAME; what`` on stderr in one line and exit 128 + signum,
+    without unwinding (nothing on the way out can print a traceback)."""
+    # A closed pipe, or a write that the signal interrupted (a reentrant flush), keeps
+    # stdout's buffer back; the exit goes on.
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        sys.stdout.flush()
+    os.write(2, f"rnn-jax: {signal.Signals(signum).name}; {what}\n".encode())
+    os._exit(128 + signum)

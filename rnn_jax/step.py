@@ -260,14 +260,23 @@ def evaluate(
 ) -> tuple[jax.Array, jax.Array]:
     """Summed NLL and token count over sequential minibatches ``Xs, Ys`` ``(K, B, T)``,
     carrying the hidden state from zeros across them (a ``lax.scan`` over K)."""
+    h0 = model.zero_state(model_config, Xs.shape[1])
+    _, nlls = evaluate_from(model_config, params, h0, Xs, Ys)
+    return nlls.sum(), jnp.asarray(Ys.size, jnp.int32)
 
-    def body(h: model.Hidden, batch: Batch) -> tuple[model.Hidden, jax.Array]:
+
+def evaluate_from(
+    model_config: ModelConfig, params: model.Params, h: model.State, Xs: jax.Array, Ys: jax.Array
+) -> tuple[model.State, jax.Array]:
+    """``evaluate``'s scan from the hidden state ``h``: the state after the minibatches
+    ``Xs, Ys`` ``(K, B, T)`` and each one's summed NLL ``(K,)``. Evaluation in chunks
+    (``readers.evaluate_in_chunks``) calls it on consecutive slices of K, carrying ``h``."""
+
+    def body(h: model.State, batch: Batch) -> tuple[model.State, jax.Array]:
         logits, h = model.apply(model_config, params, batch[0], h)
         return h, total_nll(logits, batch[1])
 
-    h0 = model.zero_state(model_config, Xs.shape[1])
-    _, nlls = jax.lax.scan(body, h0, (Xs, Ys))
-    return nlls.sum(), jnp.asarray(Ys.size, jnp.int32)
+    return jax.lax.scan(body, h, (Xs, Ys))
 
 
 def make_evaluate(model_config: ModelConfig, mesh: Mesh | None = None) -> Callable[..., Any]:

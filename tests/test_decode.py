@@ -147,10 +147,10 @@ def test_sampling_matches_slow_reference(sampling):
     key = jax.random.key(3)
     out = np.asarray(sample.generate(CONFIG, PARAMS, PREFIX, N, sampling, key))
     logits = _continuation_logits(PREFIX, out)
-    keys = jax.random.split(key, N)
-    for t in range(N):
+    for t in range(N):  # step t draws with fold_in(key, t)
         filtered = np.stack([numpy_filter(row, sampling) for row in logits[:, t]])
-        want = jax.random.categorical(keys[t], filtered.astype(np.float32), axis=-1)
+        step_key = jax.random.fold_in(key, t)
+        want = jax.random.categorical(step_key, filtered.astype(np.float32), axis=-1)
         np.testing.assert_array_equal(out[:, t], want)
     # the same key gives the same text; another key another text
     again = sample.generate(CONFIG, PARAMS, PREFIX, N, sampling, key)
