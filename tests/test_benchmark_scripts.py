@@ -1,8 +1,10 @@
 """The GPU check's scripts still run: ``benchmarks/gpu.sh`` parses (and passes shellcheck
 where it is installed), ``benchmarks/gpu_workloads.py`` measures one tiny workload on the
 CPU and prints its JSON line, and its ``--record``/``--table`` helpers turn measurements,
-failed ones included, into the results table. No timing is asserted. 27 s here
-with the machine busy, most of it importing JAX and compiling."""
+failed ones included, into the results table; ``benchmarks/scan_modes.py --quick`` times
+both scans of one small shape on one pinned core and makes its table. No timing is
+asserted. 27 s here with the machine busy (and 8-18 s for the scan modes), most of it
+importing JAX and compiling."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SH = ROOT / "benchmarks" / "gpu.sh"
 WORKLOADS = ROOT / "benchmarks" / "gpu_workloads.py"
+SCAN_MODES = ROOT / "benchmarks" / "scan_modes.py"
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +66,13 @@ def test_record_and_table(workloads) -> None:
     assert "GPU: Test GPU" in text
     assert "| train rnn H8 | float32 | 4 | 200 | 1.50 | nn.RNN | 100 | 2.00x |" in text
     assert "book-scratch (failed: RuntimeError: no GPU)" in text
+
+
+def test_scan_modes_quick(tmp_path) -> None:
+    """One small shape of one cell on one pinned core: both scans timed, the table made."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(SCAN_MODES), "--quick", "--cores", "1", "--cells", "mingru"]
+    subprocess.run([*cmd, "--out", str(tmp_path)], check=True, env=env, capture_output=True)
+    assert "| mingru | 16 | 2 |" in (tmp_path / "results.md").read_text()
+    (result,) = json.loads((tmp_path / "results.json").read_text())["results"]["1"]
+    assert all(len(ms) == 2 and min(ms) > 0 for ms in result["ms"].values())

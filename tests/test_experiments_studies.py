@@ -1,14 +1,18 @@
 """The chapter's studies run end to end in a tiny configuration and leave their figures.
 
 Each script runs in-process (``runpy``) with ``--tiny`` (H 8, a few hundred characters,
-2 epochs) into a temporary folder. A test of the randomized-truncation step checks its
-estimator's two ends: ``keep=1`` is the full window's gradient and ``keep=0`` regular
-truncation at the chunk length.
+2 epochs) into a temporary folder; ``minimal_rnns.py`` in a fresh process, because it
+sets JAX's compilation cache, which a process reads once. A test of the
+randomized-truncation step checks its estimator's two ends: ``keep=1`` is the full
+window's gradient and ``keep=0`` regular truncation at the chunk length.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,6 +47,33 @@ def test_truncation_tiny(tmp_path, monkeypatch, capsys) -> None:
     table = (tmp_path / "truncation.md").read_text()
     assert "regular, tau 5" in table and "full BPTT, T 20" in table and "randomized" in table
     assert (tmp_path / "truncation.png").stat().st_size > 0
+
+
+def test_minimal_rnns_tiny(tmp_path) -> None:
+    """Given a calibration (3,000 steps/s: 30 steps in the tiny 0.01 s budget; the real
+    one, a pinned child process, costs a second JAX start), every run takes its budget of
+    steps and is validated at the common step; the grid's best rate trains seed 1 too."""
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(
+        json.dumps({"rows": [{"name": "mingru", "calibration_steps_per_s": [3e3]}]})
+    )
+    cmd = [sys.executable, str(ROOT / "experiments" / "minimal_rnns.py"), "--tiny"]
+    cmd += ["--models", "mingru", "--lrs", "0.01", "0.03", "--calibration", str(calibration)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    subprocess.run([*cmd, "--out", str(tmp_path)], check=True, env=env, capture_output=True)
+    table = (tmp_path / "minimal_rnns.md").read_text()
+    assert "| mingru | 2 |" in table and "| 30 |" in table and "| lr 0.03 |" in table
+    assert (tmp_path / "minimal_rnns.png").stat().st_size > 0
+    payload = json.loads((tmp_path / "minimal_rnns.json").read_text())
+    assert payload["eval_every_steps"] == 15  # 30 steps / 2 validations
+    (row,) = payload["rows"]
+    assert row["budget_steps"] == 30 and abs(row["params"] - 3000) < 300
+    assert [run["lr"] for run in row["grid"]] == [0.01, 0.03]
+    best = min(row["grid"], key=lambda run: min(run["val_bpc"]))
+    assert row["seeds"][0] == best
+    assert row["seeds"][1]["seed"] == 1 and row["seeds"][1]["lr"] == best["lr"]
+    for run in row["grid"] + row["seeds"]:
+        assert run["steps"] == [15, 30] and all(0 < bpc < 8 for bpc in run["val_bpc"])
 
 
 def test_randomized_truncation_ends() -> None:
