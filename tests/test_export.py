@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -73,7 +74,7 @@ def save_fresh_run(run_dir: Path, model_config: ModelConfig, train: TrainConfig,
 
 def greedy_sample(run_dir: Path, prefix: str) -> str:
     """What ``rnn-jax sample --checkpoint RUN --prefix PREFIX --strategy greedy`` prints."""
-    lines: list[str] = []
+    out = io.StringIO()
     readers.sample_checkpoint(
         run_dir,
         prefixes=[prefix],
@@ -81,9 +82,9 @@ def greedy_sample(run_dir: Path, prefix: str) -> str:
         step=None,
         sampling=SamplingConfig(strategy="greedy"),
         seed=0,
-        echo=lines.append,
+        out=out,
     )
-    return "".join(line + "\n" for line in lines)
+    return out.getvalue()
 
 
 def snippet_outputs(cases: list[tuple[Path, str]], tmp_path: Path) -> list[str]:
