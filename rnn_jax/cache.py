@@ -2,9 +2,11 @@
 tokenised once (``data.load_text_corpus`` consults it).
 
 Per corpus and tokenising options, an entry is ``<key>.npy`` (the token ids) and
-``<key>.json`` (vocabulary, counts, and the sha256 of the ``.npy`` file, verified on
-every load). The key is a hash of the corpus's sha256 and size, the options and
-``CACHE_VERSION``. Hashing the corpus costs a full read, so ``files/<hash of the
+``<key>.json`` (vocabulary, counts, the corpus's fingerprint and options, and the sha256
+of the ``.npy`` file, verified on every load). The key is a hash of the corpus's sha256
+and size, the options and ``CACHE_VERSION``; an entry whose recorded fingerprint or
+options are not those it is loaded for (another corpus's entry copied over it) is
+rebuilt, as a damaged one is. Hashing the corpus costs a full read, so ``files/<hash of the
 path>.json`` remembers the sha256 against the file's ``(size, mtime_ns, inode, device)``;
 a load whose stat matches skips the hashing. A file modified within ``RACY_NS`` of being
 hashed is rehashed every time (the "racy git" rule: a file system's coarse clock could
@@ -90,9 +92,12 @@ class TokenCache:
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.folder / f"{key}.npy", self.folder / f"{key}.json"
 
-    def load(self, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+    def load(
+        self, key: str, fingerprint: dict[str, Any], options: dict[str, Any]
+    ) -> tuple[np.ndarray, dict[str, Any]] | None:
         """The entry's ids (a read-only memmap) and metadata; ``None`` when absent, and
-        ``None`` after deleting it when it is corrupt or truncated."""
+        ``None`` after deleting it when it is corrupt or truncated, or records another
+        corpus's ``fingerprint`` or other ``options`` than those of ``key``."""
         npy, meta_path = self.paths(key)
         if not meta_path.exists():
             return None
@@ -104,6 +109,8 @@ class TokenCache:
                     digest.update(block)
             if meta["version"] != CACHE_VERSION or digest.hexdigest() != meta["tokens_sha256"]:
                 raise ValueError("checksum mismatch")
+            if meta["fingerprint"] != fingerprint or meta["options"] != options:
+                raise ValueError("another corpus's entry")
             tokens = np.load(npy, mmap_mode="r")
             if tokens.shape != (meta["kept"],) or tokens.dtype != np.dtype(meta["dtype"]):
                 raise ValueError("shape or dtype mismatch")

@@ -448,7 +448,8 @@ def load_text_corpus(
         hashed_at, raw = time.time_ns(), _read_bytes(path)
         sha256 = hashlib.sha256(raw).hexdigest()
     fingerprint = {"sha256": sha256, "size": st.st_size if raw is None else len(raw)}
-    hit = None if cache is None else cache.load(entry_key(fingerprint, options))
+    key = entry_key(fingerprint, options)
+    hit = None if cache is None else cache.load(key, fingerprint, options)
     if hit is not None:
         if raw is not None and _unchanged(path, st):
             cache.remember_sha256(Path(path), st, sha256, hashed_at)

@@ -642,6 +642,27 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path, damage):
     np.testing.assert_array_equal(again.tokens, fresh.tokens)
 
 
+def test_another_corpus_entry_in_its_place_is_rebuilt(tmp_path):
+    """Fault: both files of corpus B's valid entry copied over corpus A's (checksums
+    intact). A is rebuilt from its own text, not read as B."""
+    cache_dir = tmp_path / "cache"
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(data.read_text()[:5000], "utf-8")
+    b.write_text("abc\n" * 50, "utf-8")
+    fresh = data.load_text_corpus(a, cache_dir=cache_dir, preprocess="raw")
+    other = data.load_text_corpus(b, cache_dir=cache_dir, preprocess="raw")
+    options = {"preprocess": "raw", "token": "char", "min_freq": 0}
+    ours = cache.TokenCache(cache_dir).paths(cache.entry_key(fresh.fingerprint, options))
+    theirs = cache.TokenCache(cache_dir).paths(cache.entry_key(other.fingerprint, options))
+    for mine, swapped in zip(ours, theirs, strict=True):
+        mine.write_bytes(swapped.read_bytes())
+    rebuilt = data.load_text_corpus(a, cache_dir=cache_dir, preprocess="raw")
+    assert not rebuilt.cached and rebuilt.fingerprint == fresh.fingerprint
+    np.testing.assert_array_equal(rebuilt.tokens, fresh.tokens)
+    assert rebuilt.vocab == fresh.vocab
+    assert data.load_text_corpus(a, cache_dir=cache_dir, preprocess="raw").cached
+
+
 def test_two_processes_fill_the_cache_at_once(tmp_path):
     """Concurrent fills (atomic replace) both succeed and agree; the entry is then valid."""
     path, cache = tmp_path / "c.txt", tmp_path / "cache"
