@@ -324,14 +324,19 @@ class RunFiles(Action):
     where samples were made and at the end."""
 
     def __init__(
-        self, run_dir: Path, model_config: ModelConfig, config: TrainConfig, run_config: RunConfig
+        self,
+        run_dir: Path,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        run_config: RunConfig,
+        corpus: dict[str, Any] | None = None,
     ) -> None:
-        self.run_dir = run_dir
+        self.run_dir, self.corpus = run_dir, corpus
         self.configs = (model_config, config, run_config)
 
     def start(self, state: TrainState) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        run_folder.write_config(self.run_dir, *self.configs)
+        run_folder.write_config(self.run_dir, *self.configs, corpus=self.corpus)
 
     def __call__(self, state: TrainState, point: RecordPoint) -> None:
         metrics = self.run_dir / run_folder.METRICS

@@ -141,6 +141,7 @@ class CheckpointInfo:
     is_best: bool
     intact: bool | None  # None unless verification was asked for
     problem: str | None = None  # why it is not intact (or its meta unreadable)
+    meta: dict[str, Any] | None = dataclasses.field(default=None, repr=False)  # as saved
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -473,6 +474,7 @@ def list_checkpoints(run_dir: Path, *, verify: bool = False) -> list[CheckpointI
                     is_best=s == best,
                     intact=intact,
                     problem=problem,
+                    meta=meta or None,
                 )
             )
         return infos
@@ -765,8 +767,14 @@ def _check_run_dir(run_dir: Path) -> Path:
         raise FileNotFoundError(f"checkpoint folder not found: {run_dir}")
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is a file, not a run folder")
-    if not checkpoint_dir(run_dir).is_dir():
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
         raise CheckpointError(f"{run_dir} holds no checkpoints/ folder: is it a run folder?")
+    if folder.resolve().parent != run_dir.resolve():  # a link out: another run's, maybe
+        raise CheckpointError(
+            f"{folder} links to {folder.resolve()}, outside the run folder; a run's "
+            "checkpoints must lie in its own folder"
+        )
     return run_dir
 
 

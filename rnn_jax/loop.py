@@ -423,7 +423,7 @@ def standard_actions(
         Print(echo, config.eval_every_steps),
     ]
     if out_dir is not None:
-        actions.append(RunFiles(out_dir, model_config, config, run_config))
+        actions.append(RunFiles(out_dir, model_config, config, run_config, dataset.fingerprint))
         if run_config.tensorboard and report.EventWriter.available():
             actions.append(TensorBoard(out_dir, start_step))
         elif run_config.tensorboard:

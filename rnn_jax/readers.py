@@ -3,7 +3,9 @@
 ``eval`` and ``sample`` restore what they need from a checkpoint alone
 (``checkpoint.restore``: the model, its parameters and vocabulary, verified against their
 checksums), never from the folder's other files, so they can run while a training
-process saves beside them; ``info`` also reads ``config.json`` and the lock's owner.
+process saves beside them; ``info`` also reads ``config.json`` and the lock's owner. All
+three refuse a checkpoint that ``config.json`` (written atomically as a run starts) says
+is another run's (``run_folder.check_own``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax import checkpoint, data, input_pipeline, run_folder, sample
-from rnn_jax.config import SamplingConfig
+from rnn_jax.config import SamplingConfig, to_dict
 from rnn_jax.loss import bits_per_token, perplexity
 from rnn_jax.step import make_evaluate
 
@@ -32,7 +34,7 @@ def evaluate_checkpoint(
     """``rnn-jax eval``: perplexity (and bits per character for char tokens) of a
     checkpoint on its validation split or on ``corpus``; says when the training corpus
     changed since."""
-    restored = checkpoint.restore(run_dir, step=step)
+    restored = _restore_own(run_dir, step)
     config = restored.train_config
     if corpus is None:
         dataset = input_pipeline.load_dataset(config)
@@ -89,7 +91,7 @@ def sample_checkpoint(
 ) -> int:
     """``rnn-jax sample``: each prefix and its continuation, as the text is (a model
     trained on raw text prints newlines as newlines)."""
-    restored = checkpoint.restore(run_dir, step=step)
+    restored = _restore_own(run_dir, step)
     config = restored.train_config
     prefixes = prefixes or list(config.sample_prefix or ()) or [_first_tokens(restored)]
     texts = sample.predict(
@@ -106,6 +108,14 @@ def sample_checkpoint(
     for text in texts:
         echo(text)
     return 0
+
+
+def _restore_own(run_dir: Path, step: int | str | None) -> checkpoint.Restored:
+    """The checkpoint's model, once ``config.json`` vouched that it is this run's."""
+    restored = checkpoint.restore(run_dir, step=step)
+    model, train = to_dict(restored.model_config), to_dict(restored.train_config)
+    run_folder.check_own(Path(run_dir), restored.step, model, train, restored.corpus)
+    return restored
 
 
 def _first_tokens(restored: checkpoint.Restored) -> str:
@@ -139,6 +149,10 @@ def describe(run_dir: Path) -> str:
     if owner:
         lines.append(f"  in use by {owner}")
     infos = checkpoint.list_checkpoints(run_dir, verify=True)
+    for info in infos:
+        if info.intact and info.meta:
+            saved = [info.meta.get(key) for key in ("model", "train", "corpus")]
+            run_folder.check_own(run_dir, info.step, saved[0] or {}, saved[1] or {}, saved[2])
     if not infos:
         lines.append("  no finished checkpoint")
         return "\n".join(lines)

@@ -44,7 +44,15 @@ from tqdm.auto import tqdm
 
 from rnn_jax import checkpoint, input_pipeline, loop, parallel, report, run_folder, sweep
 from rnn_jax.actions import Every, NonFiniteLossError, Save, StopWhen
-from rnn_jax.config import ModelConfig, RunConfig, TrainConfig, flag_name, load_file, to_dict
+from rnn_jax.config import (
+    RESUMABLE,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    flag_name,
+    load_file,
+    to_dict,
+)
 from rnn_jax.data import encode_prefixes
 from rnn_jax.input_pipeline import Dataset
 from rnn_jax.run_folder import RunLock
@@ -186,6 +194,8 @@ def prepare_resume(
     signals.check()
     mesh = parallel.mesh_for(run_config.devices)
     restored = checkpoint.restore(run_dir, step=step, for_training=True, mesh=mesh)
+    model, train = to_dict(restored.model_config), to_dict(restored.train_config)
+    run_folder.check_own(run_dir, restored.step, model, train, restored.corpus)
     model_config, train_config = _resumed_configs(restored, fields.model, fields.train)
     dataset = input_pipeline.load_dataset(train_config, cache_dir=_cache(run_config))
     signals.check()
@@ -351,14 +361,13 @@ def _resumed_configs(
                 f"{flag_name(ModelConfig, name)} {value} differs from the resumed run's "
                 f"{getattr(saved_model, name)}"
             )
-    resumable = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable")}
     changes = {}
     candidate = TrainConfig(**{**to_dict(saved_train), **train_fields})
     for name in train_fields:
         value, saved = getattr(candidate, name), getattr(saved_train, name)
         if value == saved:
             continue
-        if name not in resumable:
+        if name not in RESUMABLE:
             raise ValueError(
                 f"{flag_name(TrainConfig, name)} {value} differs from the resumed run's {saved}"
             )

@@ -9,7 +9,9 @@
     RUN_DIR/.lock            held by the process that trains in the folder (``RunLock``)
     RUN_DIR/superseded-after-<step>/   checkpoints a resume from an earlier step set aside
 
-``config.json`` is written (``write_config``) and read (``read_config``) here only.
+``config.json`` is written (``write_config``) and read (``read_config``) here only. It
+says whose the folder is: ``check_own`` refuses a checkpoint it does not describe
+(another run's ``checkpoints/`` copied in).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import jax
 import rnn_jax
 from rnn_jax import checkpoint, report
 from rnn_jax.checkpoint import CHECKPOINTS
-from rnn_jax.config import ModelConfig, RunConfig, TrainConfig, to_dict
+from rnn_jax.config import RESUMABLE, ModelConfig, RunConfig, TrainConfig, to_dict
 from rnn_jax.files import write_atomic
 
 CONFIG = "config.json"
@@ -44,14 +46,20 @@ RUN_FILES = (CONFIG, METRICS, SAMPLES, PLOT, CHECKPOINTS, EVENTS)  # what a run 
 
 
 def write_config(
-    run_dir: Path, model_config: ModelConfig, config: TrainConfig, run_config: RunConfig
+    run_dir: Path,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    run_config: RunConfig,
+    corpus: dict[str, Any] | None = None,
 ) -> None:
     """``config.json``: the model, train and run sections (``rnn-jax train --config``
-    reads it back) and the versions and devices it ran with."""
+    reads it back), the corpus's fingerprint (``{"sha256", "size"}``) and the versions
+    and devices it ran with."""
     payload = {
         "model": to_dict(model_config),
         "train": to_dict(config),
         "run": to_dict(run_config),
+        "corpus": corpus,
         "run_info": run_info(),
     }
     write_atomic(run_dir / CONFIG, json.dumps(payload, indent=2) + "\n")
@@ -64,6 +72,44 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return payload if isinstance(payload, dict) else None
+
+
+# What a resume may change, so where config.json and an earlier checkpoint of the same
+# run may differ (``run._resumed_configs``).
+_MAY_CHANGE = {"model": {"compute_dtype"}, "train": RESUMABLE}
+
+
+def check_own(
+    run_dir: Path,
+    step: int,
+    model: dict[str, Any],
+    train: dict[str, Any],
+    corpus: dict[str, Any] | None,
+) -> None:
+    """Refuse checkpoint ``step`` of ``run_dir`` (its saved ``model`` and ``train``
+    configs and ``corpus`` fingerprint) when ``config.json`` describes another run: a
+    field no resume changes, or the corpus, differs (another run's ``checkpoints/``
+    copied in). A folder without a readable ``config.json`` (checkpoints written by
+    ``checkpoint.save`` alone) is not checked. Raises ``CheckpointError``, one line."""
+    config = read_config(run_dir)
+    if config is None:
+        return
+    for section, saved in (("model", model), ("train", train)):
+        ours = config.get(section) or {}
+        for name in sorted(set(saved) & set(ours) - _MAY_CHANGE[section]):
+            if json.dumps(saved[name]) != json.dumps(ours[name]):
+                _not_own(run_dir, step, f"{section}.{name}", repr(saved[name]), repr(ours[name]))
+    ours = config.get("corpus") or {}
+    if corpus and ours and corpus.get("sha256") != ours.get("sha256"):
+        saved_sha, our_sha = (f"{str(c.get('sha256'))[:12]}..." for c in (corpus, ours))
+        _not_own(run_dir, step, "corpus sha256", saved_sha, our_sha)
+
+
+def _not_own(run_dir: Path, step: int, what: str, saved: str, ours: str) -> None:
+    raise checkpoint.CheckpointError(
+        f"checkpoint step {step} in {run_dir} is not this run's: its {what} is {saved}, "
+        f"{CONFIG}'s {ours}; are {CHECKPOINTS}/ another run's?"
+    )
 
 
 def run_info() -> dict[str, Any]:

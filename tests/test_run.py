@@ -13,6 +13,7 @@ near two minutes on two cores.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -520,3 +521,41 @@ def test_info_and_best_step(trained: Path, capsys: pytest.CaptureFixture[str]) -
     assert code == 0 and out.startswith(f"step {best}: perplexity"), (out, err)
     code, out, err = main(capsys, "sample", "--checkpoint", trained, "--step", "best")
     assert code == 0 and out.startswith("time traveller"), (out, err)
+
+
+# ----------------------------------------------------------------- 11. another run's files
+
+
+def test_checkpoints_that_are_not_the_runs_own_are_refused_and_nothing_moves(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Faults: checkpoints/ a link to another run's checkpoints/; checkpoints whose
+    configs (H) or corpus fingerprint differ from config.json (another run's copied in:
+    config.json edited here, which is the same mismatch). eval, sample, info and train
+    --resume each exit 2 with one line, and neither folder changes."""
+    other = copy_of(trained, tmp_path, "other")
+    linked = copy_of(trained, tmp_path, "linked")
+    shutil.rmtree(linked / "checkpoints")
+    (linked / "checkpoints").symlink_to(other / "checkpoints")
+    cases = [(linked, ["links to", str(other / "checkpoints")])]
+    for name, section, key, value in (
+        ("wider", "model", "num_hiddens", 64),
+        ("recut", "corpus", "sha256", "f" * 64),
+    ):
+        run_dir = copy_of(trained, tmp_path, name)
+        config = json.loads((run_dir / "config.json").read_text())
+        config.setdefault(section, {})[key] = value
+        (run_dir / "config.json").write_text(json.dumps(config))
+        cases.append((run_dir, ["not this run's", key, "another run's"]))
+    for run_dir, needles in cases:
+        before = [folder_digest(run_dir), folder_digest(other)]
+        for args in (
+            ["eval", "--checkpoint", run_dir],
+            ["sample", "--checkpoint", run_dir],
+            ["info", run_dir],
+            ["train", "--resume", run_dir, "--epochs", "3"],
+        ):
+            code, _, err = main(capsys, *args)
+            one_line(code, err, 2, *needles)
+        assert [folder_digest(run_dir), folder_digest(other)] == before, run_dir
+    assert_one_line_error(rnn_jax("train", "--resume", str(linked), "--epochs", "3"), 2, "links to")
