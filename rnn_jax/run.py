@@ -477,7 +477,17 @@ def _run_dir(request: TrainRequest, cell: str) -> Path:
         raise ValueError("--out must name a folder")
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir} is a file, not a folder")
+    _check_outside_runs(run_dir)
     return run_dir
+
+
+def _check_outside_runs(run_dir: Path) -> None:
+    """Refuse a new run folder inside another run's (its checkpoints/, a sweep's folder)."""
+    enclosing = run_folder.enclosing_run(run_dir)
+    if enclosing is not None:
+        raise ValueError(
+            f"--out {run_dir} lies inside the run folder {enclosing}; choose a folder outside it"
+        )
 
 
 def _make_folder(run_dir: Path) -> bool:
@@ -613,6 +623,7 @@ def train_seeds(request: TrainRequest) -> int:
     fields = resolve_configs(request)
     cell = fields.model.get("cell", "rnn")
     run_dir = request.out or Path("runs") / f"{cell}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_outside_runs(run_dir)
     signals = Signals()
     signals.training = True  # a sweep is not resumable: a signal stops it (KeyboardInterrupt)
     prepared = prepare_new(fields, RunConfig(**fields.run), run_dir, signals)

@@ -11,7 +11,8 @@
 
 ``config.json`` is written (``write_config``) and read (``read_config``) here only. It
 says whose the folder is: ``check_own`` refuses a checkpoint it does not describe
-(another run's ``checkpoints/`` copied in).
+(another run's ``checkpoints/`` copied in), and ``enclosing_run`` finds the run a new
+folder would lie inside.
 """
 
 from __future__ import annotations
@@ -110,6 +111,17 @@ def _not_own(run_dir: Path, step: int, what: str, saved: str, ours: str) -> None
         f"checkpoint step {step} in {run_dir} is not this run's: its {what} is {saved}, "
         f"{CONFIG}'s {ours}; are {CHECKPOINTS}/ another run's?"
     )
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The run folder ``path`` would lie inside (its ``checkpoints/``, a sweep's folder,
+    below a link to one), or None. A run folder holds a ``config.json`` with
+    ``run_info`` (``write_config``), or the lock file beside what a run writes."""
+    for parent in Path(path).absolute().resolve().parents:
+        config = read_config(parent) or {}
+        if "run_info" in config or ((parent / LOCK).is_file() and holds_run(parent)):
+            return parent
+    return None
 
 
 def run_info() -> dict[str, Any]:

@@ -559,3 +559,20 @@ def test_checkpoints_that_are_not_the_runs_own_are_refused_and_nothing_moves(
             one_line(code, err, 2, *needles)
         assert [folder_digest(run_dir), folder_digest(other)] == before, run_dir
     assert_one_line_error(rnn_jax("train", "--resume", str(linked), "--epochs", "3"), 2, "links to")
+
+
+def test_out_inside_another_run_is_refused(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Faults: --out a run's checkpoints/, a folder below a run folder, a folder below a
+    link to a run; a seed sweep's --out inside a run. One line, exit 2, nothing made."""
+    run_dir = copy_of(trained, tmp_path)
+    (tmp_path / "link").symlink_to(run_dir)
+    before = folder_digest(run_dir)
+    outs = [run_dir / "checkpoints", run_dir / "sub" / "new", tmp_path / "link" / "new"]
+    for out in outs:
+        code, _, err = main(capsys, "train", "--out", out, "--epochs", "1", *TINY)
+        one_line(code, err, 2, f"--out {out} lies inside the run folder {run_dir}")
+    code, _, err = main(capsys, "train", "--seeds", "0,1", "--out", outs[1], *TINY)
+    one_line(code, err, 2, "lies inside the run folder")
+    assert folder_digest(run_dir) == before and not (run_dir / "sub").exists()
