@@ -29,7 +29,7 @@ import numpy as np
 
 from rnn_jax.files import write_atomic
 
-CACHE_VERSION = 1  # bump when the tokenisation or the cache layout changes
+CACHE_VERSION = 2  # bump when the tokenisation or the cache layout changes (2: BOM dropped)
 RACY_NS = 2_000_000_000  # a file modified this recently is rehashed on every load
 
 

@@ -300,13 +300,44 @@ def test_missing_file(tmp_path):
         data.load_corpus(path)
 
 
-@pytest.mark.parametrize("content", [b"", b"   \n\t \r\n"])
-def test_empty_or_blank_file(tmp_path, content):
-    """Empty and whitespace-only files raise ValueError('... is empty')."""
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf"])
+def test_empty_file(tmp_path, content):
+    """A file of no bytes, or of a byte order mark alone, raises ValueError('... is empty')."""
+    path = tmp_path / "c.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="c.txt is empty$"):
+        data.load_corpus(path)
+
+
+@pytest.mark.parametrize("content", [b"\n" * 5000, b"   \n\t \r\n"])
+def test_whitespace_only_file_is_text_to_raw(tmp_path, content):
+    """Whitespace is text: raw char tokens keep it (``\\r\\n`` read as ``\\n``); book
+    preprocessing says it kept no letter and names raw; raw word tokens are none (the
+    minibatch check then says so)."""
     path = tmp_path / "blank.txt"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="empty"):
+    corpus, vocab = data.load_corpus(path, preprocess="raw")
+    assert data.decode(corpus, vocab) == content.decode().replace("\r\n", "\n")
+    with pytest.raises(ValueError, match=r"no letters.*keeps only A-Z: 0 of .*'raw'"):
         data.load_corpus(path)
+    assert len(data.load_corpus(path, preprocess="raw", token="word")[0]) == 0
+
+
+@pytest.mark.parametrize("preprocess", ["raw", "book"])
+def test_byte_order_mark_is_dropped(tmp_path, preprocess):
+    """A UTF-8 byte order mark (U+FEFF) at the start is dropped, whether from the file or
+    the token cache; one later in the text (a zero-width no-break space) is text."""
+    text = "the time traveller \ufeff said\n"
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text(text, "utf-8")
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    expected = data.load_corpus(plain, preprocess=preprocess)
+    for cache_dir in (None, tmp_path / "cache", tmp_path / "cache"):
+        tokens, vocab = data.load_corpus(marked, preprocess=preprocess, cache_dir=cache_dir)
+        np.testing.assert_array_equal(tokens, expected[0])
+        assert vocab == expected[1]
+    assert data.read_text(marked) == text
+    assert ("\ufeff" in expected[1].idx_to_token) == (preprocess == "raw")
 
 
 @pytest.mark.parametrize("token", ["char", "word"])
