@@ -305,7 +305,7 @@ def test_empty_file(tmp_path, content):
     """A file of no bytes, or of a byte order mark alone, raises ValueError('... is empty')."""
     path = tmp_path / "c.txt"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="c.txt is empty$"):
+    with pytest.raises(ValueError, match=r"c\.txt is empty$"):
         data.load_corpus(path)
 
 
