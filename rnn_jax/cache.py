@@ -39,9 +39,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "rnn_jax"
 
 
+class CacheFolderError(ValueError):
+    """The cache folder cannot be created or written (a file, a read-only disk)."""
+
+    def __init__(self, folder: Path, reason: str) -> None:
+        self.folder, self.reason = folder, reason
+        super().__init__(f"the token cache folder {folder} cannot be used ({reason})")
+
+
 def open_cache(cache_dir: str | Path | bool | None) -> TokenCache | None:
     """The cache in ``cache_dir``: ``True`` for ``default_cache_dir()``, ``None`` or
-    ``False`` for none."""
+    ``False`` for none. Raises ``CacheFolderError`` when the folder cannot be written."""
     if cache_dir is None or cache_dir is False:
         return None
     return TokenCache(default_cache_dir() if cache_dir is True else Path(cache_dir))
@@ -66,7 +74,12 @@ class TokenCache:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        (folder / "files").mkdir(parents=True, exist_ok=True)
+        try:
+            (folder / "files").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CacheFolderError(folder, err.strerror or str(err)) from None
+        if not all(os.access(p, os.W_OK) for p in (folder, folder / "files")):
+            raise CacheFolderError(folder, "not writable")
 
     def _stat_file(self, path: Path) -> Path:
         return self.folder / "files" / f"{_digest(str(path.resolve()))}.json"

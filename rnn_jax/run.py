@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from rnn_jax import checkpoint, input_pipeline, loop, parallel, report, run_folder, sweep
 from rnn_jax.actions import Every, NonFiniteLossError, Save, StopWhen
+from rnn_jax.cache import CacheFolderError
 from rnn_jax.config import (
     RESUMABLE,
     ModelConfig,
@@ -160,7 +161,7 @@ def prepare_new(fields: Fields, run_config: RunConfig, run_dir: Path, signals: S
     """The configs of a new run, its dataset, and the checks; nothing is written."""
     model_fields = dict(fields.model)
     train_config = TrainConfig(**fields.train)
-    dataset = input_pipeline.load_dataset(train_config, cache_dir=_cache(run_config))
+    dataset = _load_dataset(train_config, run_config)
     signals.check()
     vocab_size = model_fields.pop("vocab_size", dataset.vocab_size)
     if vocab_size != dataset.vocab_size:
@@ -197,7 +198,7 @@ def prepare_resume(
     model, train = to_dict(restored.model_config), to_dict(restored.train_config)
     run_folder.check_own(run_dir, restored.step, model, train, restored.corpus)
     model_config, train_config = _resumed_configs(restored, fields.model, fields.train)
-    dataset = input_pipeline.load_dataset(train_config, cache_dir=_cache(run_config))
+    dataset = _load_dataset(train_config, run_config)
     signals.check()
     _check_corpus(restored, dataset, run_dir)
     check_run(model_config, train_config, dataset, run_config)
@@ -504,9 +505,17 @@ def _silent(text: str) -> None:
     del text
 
 
-def _cache(run_config: RunConfig) -> str | bool | None:
-    """The token cache: ``--cache-dir``, else the default folder; none with ``--no-cache``."""
-    return (run_config.cache_dir or True) if run_config.cache else None
+def _load_dataset(train_config: TrainConfig, run_config: RunConfig) -> Dataset:
+    """The dataset, through the token cache: ``--cache-dir``, else the default folder;
+    none with ``--no-cache``. A cache folder that cannot be written is refused."""
+    cache_dir = (run_config.cache_dir or True) if run_config.cache else None
+    try:
+        return input_pipeline.load_dataset(train_config, cache_dir=cache_dir)
+    except CacheFolderError as err:
+        raise ValueError(
+            f"{flag_name(RunConfig, 'cache_dir')} {err.folder}: {err.reason}; name a "
+            "writable folder or use --no-cache"
+        ) from None
 
 
 def _close_or_fail(manager: ocp.CheckpointManager, run_dir: Path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from rnn_jax import checkpoint, cli, report
+from rnn_jax import checkpoint, cli, data, report
 from tests.test_cli import CACHE, TINY, assert_one_line_error, folder_digest, leaves_digest, rnn_jax
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(CACHE)}
@@ -576,3 +576,41 @@ def test_out_inside_another_run_is_refused(
     code, _, err = main(capsys, "train", "--seeds", "0,1", "--out", outs[1], *TINY)
     one_line(code, err, 2, "lies inside the run folder")
     assert folder_digest(run_dir) == before and not (run_dir / "sub").exists()
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path) -> Iterator[bool]:
+    """``path`` made a folder this process cannot write (True): mode 555, or for root,
+    whom modes do not stop, a read-only tmpfs where mount is allowed; else False."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield True
+        path.chmod(0o755)
+        return
+    command = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)]
+    mounted = subprocess.run(command, capture_output=True, check=False).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_unusable_cache_dir_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Faults: --cache-dir a file; --cache-dir a read-only folder (and one to be made
+    in it). One line naming --cache-dir and --no-cache, exit 2, no run folder."""
+    corpus, new = tmp_path / "corpus.txt", tmp_path / "new"
+    corpus.write_text(data.read_text()[:3000], "utf-8")
+    (tmp_path / "file").write_text("not a folder")
+    args = ["train", "--out", new, "--corpus", corpus, "--epochs", "1", *TINY]
+    with read_only_folder(tmp_path / "ro") as read_only:
+        folders = [tmp_path / "file"]
+        if read_only:
+            folders += [tmp_path / "ro", tmp_path / "ro" / "sub"]
+        for folder in folders:
+            code, _, err = main(capsys, *args, "--cache-dir", folder)
+            one_line(code, err, 2, f"--cache-dir {folder}: ", "--no-cache")
+            assert not new.exists()
