@@ -189,7 +189,7 @@ def prepare_resume(
             f"{run_dir} holds no finished checkpoint to resume (its run stopped "
             f"before the first save); start it again with --out {run_dir}"
         )
-    saved = (run_folder.read_config(run_dir) or {}).get("run", {})
+    saved = run_folder.load_config(run_dir).get("run", {})
     names = {f.name for f in dataclasses.fields(RunConfig)}
     run_config = RunConfig(**{**{k: v for k, v in saved.items() if k in names}, **fields.run})
     signals.check()

@@ -1,6 +1,6 @@
 """A run folder: what it holds, who owns it, and the folder operations of a run's life.
 
-    RUN_DIR/config.json      the model, train and run configs, versions and devices
+    RUN_DIR/config.json      the configs, the corpus's fingerprint, versions and devices
     RUN_DIR/metrics.jsonl    one record per line (``report``)
     RUN_DIR/samples.txt      the samples printed during training
     RUN_DIR/perplexity.png   the book's plot of train and validation perplexity
@@ -9,10 +9,10 @@
     RUN_DIR/.lock            held by the process that trains in the folder (``RunLock``)
     RUN_DIR/superseded-after-<step>/   checkpoints a resume from an earlier step set aside
 
-``config.json`` is written (``write_config``) and read (``read_config``) here only. It
-says whose the folder is: ``check_own`` refuses a checkpoint it does not describe
-(another run's ``checkpoints/`` copied in), and ``enclosing_run`` finds the run a new
-folder would lie inside.
+``config.json`` is written (``write_config``) and read (``load_config``, ``read_config``)
+here only. It says whose the folder is: ``check_own`` refuses a checkpoint it does not
+describe (another run's ``checkpoints/`` copied in), and ``enclosing_run`` finds the run
+a new folder would lie inside.
 """
 
 from __future__ import annotations
@@ -66,13 +66,34 @@ def write_config(
     write_atomic(run_dir / CONFIG, json.dumps(payload, indent=2) + "\n")
 
 
+def load_config(run_dir: Path) -> dict[str, Any]:
+    """The sections of ``config.json`` as written; ``ValueError`` (one line) when it is
+    missing or unreadable: a resume needs the run's own settings, not defaults."""
+    path = Path(run_dir) / CONFIG
+    try:
+        payload = json.loads(path.read_text("utf-8"))
+    except OSError as err:
+        reason = err.strerror or str(err)
+    except ValueError as err:
+        reason = f"not JSON: {err}"
+    else:
+        if isinstance(payload, dict) and all(
+            isinstance(payload.get(s, {}), dict) for s in ("model", "train", "run")
+        ):
+            return payload
+        reason = "not an object of sections"
+    raise ValueError(
+        f"{path} cannot be read ({reason}); it holds the run's own settings: "
+        "restore it to resume the run, or start a new one"
+    )
+
+
 def read_config(run_dir: Path) -> dict[str, Any] | None:
     """The sections of ``config.json`` as written, or None when it is missing or unreadable."""
     try:
-        payload = json.loads((run_dir / CONFIG).read_text("utf-8"))
-    except (OSError, ValueError):
+        return load_config(run_dir)
+    except ValueError:
         return None
-    return payload if isinstance(payload, dict) else None
 
 
 # What a resume may change, so where config.json and an earlier checkpoint of the same

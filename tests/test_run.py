@@ -614,3 +614,24 @@ def test_unusable_cache_dir_names_the_flag(
             code, _, err = main(capsys, *args, "--cache-dir", folder)
             one_line(code, err, 2, f"--cache-dir {folder}: ", "--no-cache")
             assert not new.exists()
+
+
+def test_unreadable_config_json_refuses_resume(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Faults: config.json cut mid-object, replaced by a list, deleted. --resume is one
+    line naming the file, exit 2, nothing changed (before, it resumed with the default
+    run settings and wrote them over the run's)."""
+    for i, damage in enumerate(("cut", "list", "delete")):
+        run_dir = copy_of(trained, tmp_path, f"case{i}")
+        config = run_dir / "config.json"
+        if damage == "cut":
+            config.write_bytes(config.read_bytes()[:100])
+        elif damage == "list":
+            config.write_text("[]")
+        else:
+            config.unlink()
+        before = folder_digest(run_dir)
+        code, _, err = main(capsys, "train", "--resume", run_dir, "--epochs", "3")
+        one_line(code, err, 2, f"{config} cannot be read")
+        assert folder_digest(run_dir) == before, damage
