@@ -153,7 +153,8 @@ def open_manager(
 ) -> ocp.CheckpointManager:
     """The run's manager. Keeps the latest ``keep`` checkpoints and, with ``keep_best``,
     the best by validation perplexity as well: the latest is never deleted, so a resume
-    never goes backwards."""
+    never goes backwards. Installs ``quiet_orbax_unraisables``."""
+    quiet_orbax_unraisables()
     policy: policies.PreservationPolicy = policies.LatestN(config.keep)
     if config.keep_best:
         best = policies.BestN(
@@ -640,7 +641,6 @@ def _read_item(
     try:
         value = manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
     except Exception as err:  # Orbax, tensorstore and json raise all kinds
-        quiet_orbax_unraisables()
         problem = f"{name} is unreadable ({type(err).__name__}: {_line(err)})"
         raise DamagedCheckpointError(run_dir, step, name, problem) from None
     if value is None:
@@ -654,8 +654,8 @@ def quiet_orbax_unraisables() -> None:
     threads finish the item's other reads (writes), whose callbacks raise "Event loop is
     closed", and the other leaves' read coroutines, failing too, are collected unawaited.
     Both reach ``sys.unraisablehook`` (a traceback on stderr, possibly at exit); every
-    other unraisable exception is passed on. Installed once: at the first failed read,
-    or at start by the command line."""
+    other unraisable exception is passed on. Installed once, by the first
+    ``open_manager`` (every save and restore opens one), and at start by the command line."""
     previous = sys.unraisablehook
     if getattr(previous, "_rnn_jax_orbax", False):
         return

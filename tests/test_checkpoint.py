@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -289,6 +290,25 @@ def test_unreadable_step_metadata_is_caught(run: Path) -> None:
         checkpoint.restore(run)
     assert_damaged(err, run, 240, "step")
     assert "_CHECKPOINT_METADATA is unreadable" in str(err.value)
+
+
+def test_library_saves_and_restores_drop_orbax_orphans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first manager a library user opens (no CLI) installs the filter of Orbax's
+    orphaned reads and writes: "Event loop is closed" and Orbax's unawaited coroutines
+    are dropped, every other unraisable exception reaches the hook that was there."""
+    seen: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    checkpoint.close(checkpoint.open_manager(tmp_path, checkpoint.CheckpointConfig()))
+    orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "x.py")
+    coroutine = SimpleNamespace(cr_code=SimpleNamespace(co_filename=orbax_file))
+    closed = SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None)
+    orphan = SimpleNamespace(exc_value=RuntimeError("never awaited"), object=coroutine)
+    other = SimpleNamespace(exc_value=ValueError("ours"), object=None)
+    for unraisable in (closed, orphan, other):
+        sys.unraisablehook(unraisable)
+    assert seen == [other]
 
 
 # ------------------------------------------------------------- format 1, legacy
