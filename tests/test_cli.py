@@ -360,7 +360,7 @@ SAMPLE = ["sample", "--checkpoint", "{run}"]
         (["train", "--out", "{new}", "--num-hiddens", "0"], "num_hiddens"),
         (["train", "--out", "{new}", "--lr", "-1"], "lr must be a positive number"),
         (["train", "--out", "{new}", "--eval-every", "-2"], "eval_every must be an integer >= 0"),
-        (["train", "--out", "{run}/config.json/sub"], "cannot create run folder"),
+        (["train", "--out", "{short}/sub"], "cannot create run folder"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(
