@@ -43,7 +43,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from rnn_jax import checkpoint, input_pipeline, loop, parallel, report, run_folder, sweep
-from rnn_jax.actions import Every, NonFiniteLossError, Save, StopWhen
+from rnn_jax.actions import Action, Every, NonFiniteLossError, RecordPoint, Save, StopWhen
 from rnn_jax.cache import CacheFolderError
 from rnn_jax.config import (
     RESUMABLE,
@@ -57,7 +57,8 @@ from rnn_jax.config import (
 from rnn_jax.data import encode_prefixes
 from rnn_jax.input_pipeline import Dataset
 from rnn_jax.run_folder import RunLock
-from rnn_jax.signals import Signals
+from rnn_jax.signals import Signals, pause_point, pause_requested
+from rnn_jax.step import TrainState
 
 
 class RunError(Exception):
@@ -131,6 +132,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
             if main:
                 echo(input_pipeline.describe_data(prepared.train_config, prepared.dataset))
                 created = _open_new_folder(run_dir, lock, echo)
+                pause_point("folder")
         else:
             if main:
                 lock.acquire()
@@ -295,8 +297,9 @@ def _actions(
     manager: ocp.CheckpointManager,
     signals: Signals,
     echo: Callable[[str], None],
-) -> list[Save | StopWhen]:
-    """The life cycle's actions: saves, and the stop on a signal."""
+) -> list[Action]:
+    """The life cycle's actions: saves, and the stop on a signal (and the test hook's
+    pause points when a test asks for them)."""
     run_config, restored = prepared.run_config, prepared.restored
     num_devices = 1 if prepared.mesh is None else parallel.num_devices(prepared.mesh)
     if restored is not None:
@@ -318,7 +321,18 @@ def _actions(
         saved_any=restored is not None,
     )
     stop = StopWhen(lambda: signals.received is not None, on_start=signals.start_training)
-    return [save, stop]
+    return [save, stop, *([_Pause()] if pause_requested() else [])]
+
+
+class _Pause(Action):
+    """The test hook's points in the loop (``signals.pause_point``): ``start`` before the
+    first step, ``record`` after each record's actions (its save included)."""
+
+    def start(self, state: TrainState) -> None:
+        pause_point("start")
+
+    def __call__(self, state: TrainState, point: RecordPoint) -> None:
+        pause_point("record")
 
 
 # --------------------------------------------------------------------------- configs, checks

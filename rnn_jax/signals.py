@@ -6,11 +6,18 @@ JAX's backend start-up, which swallows or wraps it); once training runs, the loo
 ``actions.StopWhen`` stops after the current step, and the run saves and exits
 ``128 + signum``. This module imports nothing but the standard library, so the command
 line installs the handlers before anything imports JAX.
+
+``pause_point`` is a test hook: a run that a test asks to (``$RNN_JAX_PAUSE_AT``) waits at
+named points of its life cycle, so that the test signals, kills or reads it there
+instead of racing it.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import time
+from pathlib import Path
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -59,3 +66,35 @@ class Signals:
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
+
+
+# --------------------------------------------------------------------------- a test hook
+
+PAUSE_AT, PAUSE_DIR = "RNN_JAX_PAUSE_AT", "RNN_JAX_PAUSE_DIR"
+PAUSE_TIMEOUT_S = 600  # a test that never releases the run fails it, later
+_arrivals: dict[str, int] = {}
+
+
+def pause_requested() -> bool:
+    """Whether the environment names any pause point (``pause_point``)."""
+    return bool(os.environ.get(PAUSE_AT))
+
+
+def pause_point(name: str) -> None:
+    """Wait at the point ``name`` when ``$RNN_JAX_PAUSE_AT`` (comma-separated) names it;
+    otherwise return at once. Each arrival N (from 1) at a named point writes
+    ``$RNN_JAX_PAUSE_DIR/<name>-<N>.paused`` and waits until ``<name>-<N>.go`` appears
+    there; signals are handled meanwhile. The points (one process): ``folder`` (a new
+    run's folder made and locked, nothing trained), ``start`` (``config.json`` written,
+    the step compiled, before the first step), ``record`` (after each record's actions,
+    its save included)."""
+    if name not in os.environ.get(PAUSE_AT, "").split(","):
+        return
+    _arrivals[name] = arrival = _arrivals.get(name, 0) + 1
+    folder = Path(os.environ[PAUSE_DIR])
+    (folder / f"{name}-{arrival}.paused").touch()
+    deadline = time.monotonic() + PAUSE_TIMEOUT_S
+    while not (folder / f"{name}-{arrival}.go").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pause point {name} #{arrival} not released in {PAUSE_TIMEOUT_S} s")
+        time.sleep(0.01)

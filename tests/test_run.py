@@ -28,7 +28,18 @@ from pathlib import Path
 import pytest
 
 from rnn_jax import checkpoint, cli, data, report
-from tests.test_cli import CACHE, TINY, assert_one_line_error, folder_digest, leaves_digest, rnn_jax
+from tests.test_cli import (
+    CACHE,
+    PAUSE_S,
+    TINY,
+    assert_one_line_error,
+    folder_digest,
+    leaves_digest,
+    release,
+    rnn_jax,
+    start_paused,
+    wait_paused,
+)
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(CACHE)}
 K = 67  # steps per epoch of TINY
@@ -206,28 +217,19 @@ while not stop.exists():
 
 
 def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
-    """Faults: writer B on A's --out while A trains (A held mid-run with SIGSTOP, so the
-    race is decided: B fails at once, in use, naming A's pid; B with --resume too), B
-    again when A has finished (already holds a run); a reader samples while A saves with
-    --keep 1 (exit 0 or one clean line, never a traceback). A finishes, and its
-    checkpoints and metrics are what A wrote. The reader's first read happens while A is
-    held, it reads on while A trains, and it is stopped once it has read 3 times and A
-    has finished: events, not the machine's speed, decide every step."""
-    run_dir = tmp_path / "run"
+    """Faults: writer B on A's --out while A trains (A waits after its first record and
+    save, so the race is decided: B fails at once, in use, naming A's pid; B with --resume
+    too), B again when A has finished (already holds a run); a reader samples while A
+    saves with --keep 1, deleting the step before (exit 0 or one clean line, never a
+    traceback). A finishes, and its checkpoints and metrics are what A wrote. The reader
+    reads once while A waits at each of its first 3 records (right after a save was
+    started): events, not the machine's speed, decide every step."""
+    run_dir, pause = tmp_path / "run", tmp_path / "pause"
     args = [*TINY, "--epochs", "12", "--num-hiddens", "32", "--keep", "1"]
-    a = subprocess.Popen(
-        [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    deadline = time.monotonic() + 90
-    while not checkpoint.has_checkpoints(run_dir) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    a.send_signal(signal.SIGSTOP)
+    a = start_paused(["train", "--out", str(run_dir), *args], pause, "record")
     lines: list[str] = []
     try:
+        wait_paused(a, pause, "record")
         b = rnn_jax("train", "--out", str(run_dir), *args)
         assert_one_line_error(b, 2, "in use", f"pid {a.pid}")
         b = rnn_jax("train", "--resume", str(run_dir), "--epochs", "30")
@@ -242,14 +244,19 @@ def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
         assert reader.stdout is not None
         pump = threading.Thread(target=lambda: lines.extend(reader.stdout), daemon=True)
         pump.start()
-        _wait_for_reads(lines, 1)  # warm: the next reads are quick, and overlap A's saves
+        for record in (1, 2, 3):
+            wait_paused(a, pause, "record", record)
+            _wait_for_reads(lines, _reads(lines) + 1)  # a read while A waits after a save
+            release(pause, "record", record)
+    except BaseException:
+        a.kill()
+        raise
     finally:
-        a.send_signal(signal.SIGCONT)
-    out, err = a.communicate(timeout=240)
-    _wait_for_reads(lines, 3)
+        release(pause, "record", *range(1, 13))
+    out, err = a.communicate(timeout=PAUSE_S)
     (tmp_path / "stop").touch()
-    reader.wait(timeout=120)
-    pump.join(timeout=60)
+    reader.wait(timeout=PAUSE_S)
+    pump.join(timeout=PAUSE_S)
     reads, errors = "".join(lines), reader.stderr.read()
     reader.stdout.close()
     reader.stderr.close()
@@ -269,10 +276,14 @@ def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
     assert checkpoint.restore(run_dir).step == 12 * K
 
 
-def _wait_for_reads(lines: list[str], count: int, timeout: float = 180) -> None:
+def _reads(lines: list[str]) -> int:
+    return sum(line.startswith("exit ") for line in lines)
+
+
+def _wait_for_reads(lines: list[str], count: int, timeout: float = PAUSE_S) -> None:
     """Until the reader has printed ``count`` "exit" lines (its reads), or fail."""
     deadline = time.monotonic() + timeout
-    while sum(line.startswith("exit ") for line in lines) < count:
+    while _reads(lines) < count:
         assert time.monotonic() < deadline, f"{count} reads not done in {timeout} s: {lines}"
         time.sleep(0.01)
 
@@ -283,22 +294,18 @@ def _wait_for_reads(lines: list[str], count: int, timeout: float = 180) -> None:
 def test_kill_before_first_checkpoint_restarts_with_the_same_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Fault: SIGKILL once the run wrote config.json (compiling, no checkpoint yet). The
-    folder stays; --resume says to rerun with --out (one line, exit 2); the same
-    command restarts it saying so in one line and finishes."""
-    run_dir = tmp_path / "run"
+    """Fault: SIGKILL while the run waits before its first step (config.json written,
+    the step compiled, no checkpoint yet). The folder stays; --resume says to rerun with
+    --out (one line, exit 2); the same command restarts it saying so in one line and
+    finishes."""
+    run_dir, pause = tmp_path / "run", tmp_path / "pause"
     command = ["train", "--out", str(run_dir), "--epochs", "2", *TINY]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "rnn_jax", *command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=ENV,
-    )
-    deadline = time.monotonic() + 90
-    while not (run_dir / "config.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.002)
+    child = start_paused(command, pause, "start")
+    wait_paused(child, pause, "start")
+    assert (run_dir / "config.json").exists()
     child.kill()
     assert child.wait() == -signal.SIGKILL
+    child.communicate()
     assert run_dir.is_dir() and not checkpoint.has_checkpoints(run_dir)
     code, _, err = main(capsys, "train", "--resume", run_dir, "--epochs", "2")
     one_line(code, err, 2, "no finished checkpoint", f"--out {run_dir}")
@@ -371,28 +378,21 @@ def test_signal_mid_run_saves_and_resumes_exactly(
     tmp_path: Path, signum: signal.Signals, budget: list[str]
 ) -> None:
     """Fault: SIGHUP (records every 25 steps, saves every 50: it lands between records)
-    or SIGINT (a --max-steps budget not a whole number of epochs) once the first
-    record is written. Saved, exit 128+signal, and the resumed run equals one never stopped:
-    state bitwise, and the metric records."""
-    run_dir, straight = tmp_path / "run", tmp_path / "straight"
+    or SIGINT (a --max-steps budget not a whole number of epochs), sent while the run
+    waits after its first record. It stops one step later: saved, exit 128+signal, and
+    the resumed run equals one never stopped: state bitwise, and the metric records."""
+    run_dir, straight, pause = tmp_path / "run", tmp_path / "straight", tmp_path / "pause"
     args = [*TINY, "--num-hiddens", "48", *budget]
     args[args.index("--save-every") + 1] = "1000"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    deadline = time.monotonic() + 90
-    metrics = run_dir / "metrics.jsonl"  # the first record: training has begun
-    while not metrics.exists() and time.monotonic() < deadline and child.poll() is None:
-        time.sleep(0.002)
+    child = start_paused(["train", "--out", str(run_dir), *args], pause, "record")
+    wait_paused(child, pause, "record")
     child.send_signal(signum)
-    out, err = child.communicate(timeout=120)
+    release(pause, "record")
+    out, err = child.communicate(timeout=PAUSE_S)
     assert child.returncode == 128 + signum, (child.returncode, out, err)
     assert f"continue with: rnn-jax train --resume {run_dir}" in out and err == "", (out, err)
     stopped = checkpoint.restore(run_dir).step
+    assert stopped == report.read_jsonl(run_dir / "metrics.jsonl")[0]["step"] + 1
     proc = rnn_jax("train", "--resume", str(run_dir), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     proc = rnn_jax("train", "--out", str(straight), *args)
