@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -392,8 +393,9 @@ def test_legacy_defaults_fill_missing_fields(tmp_path: Path, monkeypatch) -> Non
 
 def test_reader_never_races_a_writer(tmp_path: Path) -> None:
     """A writer thread saves step after step keeping only the latest two (so it deletes
-    a step every save) while the reader restores the latest over and over: every
-    restore returns a whole, verified step, and nothing else is raised."""
+    a step every save) while the reader restores the latest 6 times, each time once
+    the writer finished a newer step than the last read: every restore returns a whole,
+    verified step, newer than the one before, and nothing else is raised."""
     states = [make_state(1, seed=k) for k in range(3)]
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -415,25 +417,30 @@ def test_reader_never_races_a_writer(tmp_path: Path) -> None:
         finally:
             checkpoint.close(manager)
 
+    def newest() -> int:
+        return max(checkpoint.finished_steps(tmp_path), default=0)
+
+    def wait_for_newer_than(step: int) -> None:
+        deadline = time.monotonic() + 120
+        while newest() <= step and not errors:
+            assert time.monotonic() < deadline, f"the writer saved nothing after {step}"
+            writer.join(0.01)
+
     writer = threading.Thread(target=write)
     writer.start()
+    seen = [0]
     try:
-        while not (tmp_path / checkpoint.CHECKPOINTS).is_dir() or not any(
-            p.name.isdigit() for p in (tmp_path / checkpoint.CHECKPOINTS).iterdir()
-        ):
-            writer.join(0.01)
-        seen = set()
-        for _ in range(25):
+        for _ in range(6):
+            wait_for_newer_than(seen[-1])
             restored = checkpoint.restore(tmp_path, for_training=True)
-            assert restored.verified and restored.epoch == restored.step
+            assert restored.verified and restored.epoch == restored.step > seen[-1]
             expected = states[restored.step % 3].replace(step=jnp.asarray(restored.step))
             assert_bitwise(restored.state, expected)
-            seen.add(restored.step)
+            seen.append(restored.step)
     finally:
         stop.set()
-        writer.join()
+        writer.join(timeout=120)
     assert not errors, errors
-    assert len(seen) > 5  # the writer moved on while the reader read
 
 
 def test_restore_moves_on_when_its_step_is_deleted(tmp_path: Path, monkeypatch) -> None:

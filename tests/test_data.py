@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -634,10 +635,14 @@ def test_cache_round_trip_and_stat_fast_path(tmp_path, monkeypatch):
     np.testing.assert_array_equal(short.tokens, fresh.tokens[:10])
 
 
-def test_cache_misses_on_changed_bytes_or_options(tmp_path):
-    """Same size, same mtime, other bytes: a miss (content hash). Other options: a miss."""
+def test_cache_misses_on_changed_bytes_or_options(tmp_path, monkeypatch):
+    """Same size, same mtime, other bytes, of a file hashed within ``RACY_NS`` of its
+    mtime (the clock is set to 1 s after it, however slow this machine is): a miss
+    (content hash). Other options: a miss."""
     path, cache = tmp_path / "c.txt", tmp_path / "cache"
     path.write_text("the time traveller " * 10, "utf-8")
+    hashed_at = os.stat(path).st_mtime_ns + 1_000_000_000
+    monkeypatch.setattr(data, "time", SimpleNamespace(time_ns=lambda: hashed_at))
     assert not data.load_text_corpus(path, cache_dir=cache).cached
     assert data.load_text_corpus(path, cache_dir=cache).cached
     st = os.stat(path)
