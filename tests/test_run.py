@@ -363,6 +363,61 @@ def test_full_disk_exits_1_naming_the_last_good_step_and_resumes(tmp_path: Path)
         assert checkpoint.restore(run_dir).step == 3 * K
 
 
+FULL_AT_SECOND_RECORD = """
+import errno, sys
+from tensorboardX import record_writer
+from rnn_jax import cli, report
+
+kind, argv, records = sys.argv[1], sys.argv[2:], []
+
+
+def no_space():
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def counted(append):
+    def wrapper(*args, **kwargs):
+        records.append(1)
+        if kind != "events" and len(records) >= 2:
+            no_space()
+        return append(*args, **kwargs)
+
+    return wrapper
+
+
+name = {"metrics": "append_jsonl", "samples": "append_samples"}.get(kind)
+if name:
+    setattr(report, name, counted(getattr(report, name)))
+else:  # the writes of the event file itself, wherever they happen
+    report.EventWriter.add_record = counted(report.EventWriter.add_record)
+    write = record_writer.RecordWriter.write
+    full = lambda self, b: no_space() if len(records) >= 2 else write(self, b)  # noqa: E731
+    record_writer.RecordWriter.write = full
+sys.exit(cli.main(argv))
+"""  # the disk fills at the run's second record, for one file
+
+
+@pytest.mark.parametrize("kind", ["metrics", "samples", "events"])
+def test_full_disk_while_writing_logs_exits_1(tmp_path: Path, kind: str) -> None:
+    """Fault: the disk fills at the second record just as the run appends to
+    metrics.jsonl, samples.txt or its event file (that write fails with ENOSPC); the
+    first record and its checkpoint (step 67) were written. Exit 1, one line naming the
+    error and step 67, no traceback. (The event file is written in the run's thread:
+    tensorboardX's writer thread lost the error, and the run hung once its queue filled.)"""
+    run_dir = tmp_path / "run"
+    args = ["train", "--out", str(run_dir), "--epochs", "3", *TINY, "--sample-every", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_AT_SECOND_RECORD, kind, *args],
+        capture_output=True,
+        text=True,
+        timeout=PAUSE_S,
+        env=ENV,
+        check=False,
+    )
+    assert_one_line_error(proc, 1, "No space left on device", f"last good checkpoint is step {K}")
+    assert checkpoint.restore(run_dir).step == K
+
+
 # ----------------------------------------------------------------- 6, 9. signals mid-run
 
 
