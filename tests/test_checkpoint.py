@@ -369,6 +369,19 @@ def test_format_1_restores_unverified(tmp_path: Path) -> None:
     assert (info.step, info.epoch, info.val_ppl, info.intact) == (50, 2, None, True)
 
 
+def test_checkpoints_older_than_preprocess_restore_as_book(tmp_path: Path) -> None:
+    """A checkpoint of a run on a user's file, written before ``preprocess`` existed
+    (its train config lacks the field; today's default for a user's file is raw),
+    restores as ``book``, the only preprocessing there was: the real legacy table."""
+    corpus = tmp_path / "own.txt"
+    corpus.write_text("some text of the user's own\n", "utf-8")
+    train = TrainConfig(batch_size=4, num_steps=5, sample_every=0, corpus=str(corpus))
+    assert train.preprocess == "raw"
+    old_train = {k: v for k, v in to_dict(train).items() if k != "preprocess"}
+    save_format_1(tmp_path / "old", make_state(50), old_train)
+    assert checkpoint.restore(tmp_path / "old").train_config.preprocess == "book"
+
+
 def test_legacy_defaults_fill_missing_fields(tmp_path: Path, monkeypatch) -> None:
     """A checkpoint written before a field existed gets the field's legacy value; only
     fields the dataclass has are filled; a field this version lacks is one error line."""
