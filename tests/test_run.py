@@ -364,58 +364,73 @@ def test_full_disk_exits_1_naming_the_last_good_step_and_resumes(tmp_path: Path)
 
 
 FULL_AT_SECOND_RECORD = """
-import errno, sys
+import contextlib, errno, sys
+from unittest import mock
 from tensorboardX import record_writer
 from rnn_jax import cli, report
 
-kind, argv, records = sys.argv[1], sys.argv[2:], []
 
+def full_at_second_record(kind, stack):
+    records = []  # the records that reached the file's writer
 
-def no_space():
-    raise OSError(errno.ENOSPC, "No space left on device")
+    def no_space():
+        raise OSError(errno.ENOSPC, "No space left on device")
 
+    def counted(append):
+        def wrapper(*args, **kwargs):
+            records.append(1)
+            if kind != "events" and len(records) >= 2:
+                no_space()
+            return append(*args, **kwargs)
 
-def counted(append):
-    def wrapper(*args, **kwargs):
-        records.append(1)
-        if kind != "events" and len(records) >= 2:
-            no_space()
-        return append(*args, **kwargs)
+        return wrapper
 
-    return wrapper
-
-
-name = {"metrics": "append_jsonl", "samples": "append_samples"}.get(kind)
-if name:
-    setattr(report, name, counted(getattr(report, name)))
-else:  # the writes of the event file itself, wherever they happen
-    report.EventWriter.add_record = counted(report.EventWriter.add_record)
-    write = record_writer.RecordWriter.write
+    if kind != "events":
+        name = {"metrics": "append_jsonl", "samples": "append_samples"}[kind]
+        stack.enter_context(mock.patch.object(report, name, counted(getattr(report, name))))
+        return
+    add, write = report.EventWriter.add_record, record_writer.RecordWriter.write
+    stack.enter_context(mock.patch.object(report.EventWriter, "add_record", counted(add)))
     full = lambda self, b: no_space() if len(records) >= 2 else write(self, b)  # noqa: E731
-    record_writer.RecordWriter.write = full
-sys.exit(cli.main(argv))
-"""  # the disk fills at the run's second record, for one file
+    stack.enter_context(mock.patch.object(record_writer.RecordWriter, "write", full))
 
 
-@pytest.mark.parametrize("kind", ["metrics", "samples", "events"])
-def test_full_disk_while_writing_logs_exits_1(tmp_path: Path, kind: str) -> None:
+for kind in ("metrics", "samples", "events"):  # KINDS
+    print(f"== {kind}", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        full_at_second_record(kind, stack)
+        code = cli.main([a.replace("KIND", kind) for a in sys.argv[1:]])
+    print(kind, code, flush=True)
+"""  # for each file in turn, the disk fills at the run's second record as it is written
+KINDS = ("metrics", "samples", "events")
+
+
+def test_full_disk_while_writing_logs_exits_1(tmp_path: Path) -> None:
     """Fault: the disk fills at the second record just as the run appends to
-    metrics.jsonl, samples.txt or its event file (that write fails with ENOSPC); the
-    first record and its checkpoint (step 67) were written. Exit 1, one line naming the
-    error and step 67, no traceback. (The event file is written in the run's thread:
-    tensorboardX's writer thread lost the error, and the run hung once its queue filled.)"""
-    run_dir = tmp_path / "run"
-    args = ["train", "--out", str(run_dir), "--epochs", "3", *TINY, "--sample-every", "1"]
+    metrics.jsonl, samples.txt or its event file (that write fails with ENOSPC; one
+    process runs the three). The first record and its checkpoint (step 67) were written.
+    Each: exit 1, one line naming the error and step 67, no traceback. (The event file is
+    written in the run's thread: tensorboardX's writer thread lost the error, and the run
+    hung once its queue filled.)"""
+    args = ["train", "--out", str(tmp_path / "KIND"), "--epochs", "3", *TINY]
     proc = subprocess.run(
-        [sys.executable, "-c", FULL_AT_SECOND_RECORD, kind, *args],
+        [sys.executable, "-c", FULL_AT_SECOND_RECORD, *args, "--sample-every", "1"],
         capture_output=True,
         text=True,
         timeout=PAUSE_S,
         env=ENV,
         check=False,
     )
-    assert_one_line_error(proc, 1, "No space left on device", f"last good checkpoint is step {K}")
-    assert checkpoint.restore(run_dir).step == K
+    assert "Traceback" not in proc.stderr, proc.stderr
+    ends = [line for line in proc.stdout.splitlines() if line.split()[0] in KINDS]
+    assert ends == [f"{kind} 1" for kind in KINDS], proc.stdout
+    errors = proc.stderr.split("== ")[1:]
+    for kind, error in zip(KINDS, errors, strict=True):
+        lines = error.strip().splitlines()
+        assert lines[0] == kind and len(lines) == 2, error
+        for needle in ("rnn-jax: error: ", "No space left on device", f"step {K}"):
+            assert needle in lines[1], (kind, lines[1])
+        assert checkpoint.restore(tmp_path / kind).step == K
 
 
 # ----------------------------------------------------------------- 6, 9. signals mid-run
