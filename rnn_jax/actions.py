@@ -335,14 +335,17 @@ class RunFiles(Action):
         model_config: ModelConfig,
         config: TrainConfig,
         run_config: RunConfig,
+        corpus: dict[str, Any] | None = None,
         init_from: dict[str, Any] | None = None,
     ) -> None:
-        self.run_dir, self.init_from = run_dir, init_from
+        self.run_dir, self.corpus, self.init_from = run_dir, corpus, init_from
         self.configs = (model_config, config, run_config)
 
     def start(self, state: TrainState) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        run_folder.write_config(self.run_dir, *self.configs, init_from=self.init_from)
+        run_folder.write_config(
+            self.run_dir, *self.configs, corpus=self.corpus, init_from=self.init_from
+        )
 
     def __call__(self, state: TrainState, point: RecordPoint) -> None:
         metrics = self.run_dir / run_folder.METRICS

@@ -2,9 +2,11 @@
 tokenised once (``data.load_text_corpus`` consults it).
 
 Per corpus and tokenising options, an entry is ``<key>.npy`` (the token ids) and
-``<key>.json`` (vocabulary, counts, and the sha256 of the ``.npy`` file, verified on
-every load). The key is a hash of the corpus's sha256 and size, the options and
-``CACHE_VERSION``. Hashing the corpus costs a full read, so ``files/<hash of the
+``<key>.json`` (vocabulary, counts, the corpus's fingerprint and options, and the sha256
+of the ``.npy`` file, verified on every load). The key is a hash of the corpus's sha256
+and size, the options and ``CACHE_VERSION``; an entry whose recorded fingerprint or
+options are not those it is loaded for (another corpus's entry copied over it) is
+rebuilt, as a damaged one is. Hashing the corpus costs a full read, so ``files/<hash of the
 path>.json`` remembers the sha256 against the file's ``(size, mtime_ns, inode, device)``;
 a load whose stat matches skips the hashing. A file modified within ``RACY_NS`` of being
 hashed is rehashed every time (the "racy git" rule: a file system's coarse clock could
@@ -27,7 +29,7 @@ import numpy as np
 
 from rnn_jax.files import write_atomic
 
-CACHE_VERSION = 1  # bump when the tokenisation or the cache layout changes
+CACHE_VERSION = 2  # bump when the tokenisation or the cache layout changes (2: BOM dropped)
 RACY_NS = 2_000_000_000  # a file modified this recently is rehashed on every load
 
 
@@ -37,9 +39,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "rnn_jax"
 
 
+class CacheFolderError(ValueError):
+    """The cache folder cannot be created or written (a file, a read-only disk)."""
+
+    def __init__(self, folder: Path, reason: str) -> None:
+        self.folder, self.reason = folder, reason
+        super().__init__(f"the token cache folder {folder} cannot be used ({reason})")
+
+
 def open_cache(cache_dir: str | Path | bool | None) -> TokenCache | None:
     """The cache in ``cache_dir``: ``True`` for ``default_cache_dir()``, ``None`` or
-    ``False`` for none."""
+    ``False`` for none. Raises ``CacheFolderError`` when the folder cannot be written."""
     if cache_dir is None or cache_dir is False:
         return None
     return TokenCache(default_cache_dir() if cache_dir is True else Path(cache_dir))
@@ -64,7 +74,12 @@ class TokenCache:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        (folder / "files").mkdir(parents=True, exist_ok=True)
+        try:
+            (folder / "files").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CacheFolderError(folder, err.strerror or str(err)) from None
+        if not all(os.access(p, os.W_OK) for p in (folder, folder / "files")):
+            raise CacheFolderError(folder, "not writable")
 
     def _stat_file(self, path: Path) -> Path:
         return self.folder / "files" / f"{_digest(str(path.resolve()))}.json"
@@ -90,9 +105,12 @@ class TokenCache:
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.folder / f"{key}.npy", self.folder / f"{key}.json"
 
-    def load(self, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+    def load(
+        self, key: str, fingerprint: dict[str, Any], options: dict[str, Any]
+    ) -> tuple[np.ndarray, dict[str, Any]] | None:
         """The entry's ids (a read-only memmap) and metadata; ``None`` when absent, and
-        ``None`` after deleting it when it is corrupt or truncated."""
+        ``None`` after deleting it when it is corrupt or truncated, or records another
+        corpus's ``fingerprint`` or other ``options`` than those of ``key``."""
         npy, meta_path = self.paths(key)
         if not meta_path.exists():
             return None
@@ -104,6 +122,8 @@ class TokenCache:
                     digest.update(block)
             if meta["version"] != CACHE_VERSION or digest.hexdigest() != meta["tokens_sha256"]:
                 raise ValueError("checksum mismatch")
+            if meta["fingerprint"] != fingerprint or meta["options"] != options:
+                raise ValueError("another corpus's entry")
             tokens = np.load(npy, mmap_mode="r")
             if tokens.shape != (meta["kept"],) or tokens.dtype != np.dtype(meta["dtype"]):
                 raise ValueError("shape or dtype mismatch")

@@ -145,6 +145,7 @@ class CheckpointInfo:
     is_best: bool
     intact: bool | None  # None unless verification was asked for
     problem: str | None = None  # why it is not intact (or its meta unreadable)
+    meta: dict[str, Any] | None = dataclasses.field(default=None, repr=False)  # as saved
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -156,7 +157,8 @@ def open_manager(
 ) -> ocp.CheckpointManager:
     """The run's manager. Keeps the latest ``keep`` checkpoints and, with ``keep_best``,
     the best by validation perplexity as well: the latest is never deleted, so a resume
-    never goes backwards."""
+    never goes backwards. Installs ``quiet_orbax_unraisables``."""
+    quiet_orbax_unraisables()
     policy: policies.PreservationPolicy = policies.LatestN(config.keep)
     if config.keep_best:
         best = policies.BestN(
@@ -477,6 +479,7 @@ def list_checkpoints(run_dir: Path, *, verify: bool = False) -> list[CheckpointI
                     is_best=s == best,
                     intact=intact,
                     problem=problem,
+                    meta=meta or None,
                 )
             )
         return infos
@@ -646,7 +649,6 @@ def _read_item(
     try:
         value = manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
     except Exception as err:  # Orbax, tensorstore and json raise all kinds
-        quiet_orbax_unraisables()
         problem = f"{name} is unreadable ({type(err).__name__}: {_line(err)})"
         raise DamagedCheckpointError(run_dir, step, name, problem) from None
     if value is None:
@@ -660,8 +662,8 @@ def quiet_orbax_unraisables() -> None:
     threads finish the item's other reads (writes), whose callbacks raise "Event loop is
     closed", and the other leaves' read coroutines, failing too, are collected unawaited.
     Both reach ``sys.unraisablehook`` (a traceback on stderr, possibly at exit); every
-    other unraisable exception is passed on. Installed once: at the first failed read,
-    or at start by the command line."""
+    other unraisable exception is passed on. Installed once, by the first
+    ``open_manager`` (every save and restore opens one), and at start by the command line."""
     previous = sys.unraisablehook
     if getattr(previous, "_rnn_jax_orbax", False):
         return
@@ -773,8 +775,14 @@ def _check_run_dir(run_dir: Path) -> Path:
         raise FileNotFoundError(f"checkpoint folder not found: {run_dir}")
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is a file, not a run folder")
-    if not checkpoint_dir(run_dir).is_dir():
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
         raise CheckpointError(f"{run_dir} holds no checkpoints/ folder: is it a run folder?")
+    if folder.resolve().parent != run_dir.resolve():  # a link out: another run's, maybe
+        raise CheckpointError(
+            f"{folder} links to {folder.resolve()}, outside the run folder; a run's "
+            "checkpoints must lie in its own folder"
+        )
     return run_dir
 
 

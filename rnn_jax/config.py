@@ -396,11 +396,15 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "run": RunConfig}
+# The ``TrainConfig`` fields a resumed run may change.
+RESUMABLE = frozenset(
+    f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable")
+)
 
 
 def load_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a JSON or TOML config file: sections ``model``, ``train``, ``run`` (a run's
-    ``config.json`` is one; its ``run_info`` and other sections are ignored) of fields
+    ``config.json`` is one; its ``corpus`` and ``run_info`` are ignored) of fields
     by name. Unknown sections' fields are not checked; unknown fields of the known
     sections raise ``ValueError`` naming the key and the file."""
     path = Path(path)
@@ -426,7 +430,7 @@ def load_file(path: str | Path) -> dict[str, dict[str, Any]]:
             if key not in fields:
                 raise ValueError(f"config file {path}: unknown key {name}.{key}")
         sections[name] = dict(values)
-    unknown = sorted(set(raw) - set(SECTIONS) - {"run_info", "sweep", "init_from"})
+    unknown = sorted(set(raw) - set(SECTIONS) - {"corpus", "run_info", "sweep", "init_from"})
     if unknown:
         raise ValueError(f"config file {path}: unknown section {unknown[0]!r}")
     return sections

@@ -12,6 +12,9 @@ Everything here is NumPy on the host. Preprocessing (``preprocess=``):
   tabs, newlines), except that each ``\\r\\n`` becomes ``\\n``. Word tokens split on
   whitespace with ``str.split()``'s rule (runs of Unicode whitespace, none empty).
 
+In both, a UTF-8 byte order mark at the start of the file (U+FEFF, which some editors
+write) marks the encoding, is not text, and is dropped.
+
 A token array is 1-D of the smallest unsigned dtype that holds the vocabulary
 (uint8, uint16 or uint32), possibly a read-only memmap from the cache. Minibatches are
 built from it by ``rnn_jax.input_pipeline``.
@@ -70,9 +73,11 @@ def _read_bytes(path: str | Path | None) -> bytes:
 
 
 def _decode(raw: bytes, path: str | Path | None) -> str:
-    """UTF-8 bytes -> text, refusing bad bytes (naming offset, line, column) and blank files."""
+    """UTF-8 bytes -> text, refusing bad bytes (naming offset, line, column) and empty
+    files. A byte order mark (U+FEFF) at the start marks the encoding and is not text:
+    it is dropped. Whitespace is text (``raw`` keeps it; ``book`` says it kept no letter)."""
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
@@ -80,7 +85,7 @@ def _decode(raw: bytes, path: str | Path | None) -> str:
             f"corpus {path} is not UTF-8: byte 0x{raw[err.start]:02x} at offset {err.start} "
             f"(line {line}, column {column}) cannot be decoded"
         ) from None
-    if not text or text.isspace():
+    if not text:
         raise ValueError(f"corpus {path} is empty")
     return text
 
@@ -91,7 +96,7 @@ def read_text(path: str | Path | None = None) -> str:
     Raises ``FileNotFoundError`` for a missing file, ``IsADirectoryError`` for a folder,
     ``ValueError`` for any other file that is not a regular file (FIFO, device), and
     ``ValueError`` (naming the byte offset, line and column) for bytes that are not
-    UTF-8 or for an empty file.
+    UTF-8 or for an empty file. A leading byte order mark is dropped.
     """
     return _decode(_read_bytes(path), path)
 
@@ -448,7 +453,8 @@ def load_text_corpus(
         hashed_at, raw = time.time_ns(), _read_bytes(path)
         sha256 = hashlib.sha256(raw).hexdigest()
     fingerprint = {"sha256": sha256, "size": st.st_size if raw is None else len(raw)}
-    hit = None if cache is None else cache.load(entry_key(fingerprint, options))
+    key = entry_key(fingerprint, options)
+    hit = None if cache is None else cache.load(key, fingerprint, options)
     if hit is not None:
         if raw is not None and _unchanged(path, st):
             cache.remember_sha256(Path(path), st, sha256, hashed_at)

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import checkpoint, model
+from rnn_jax import checkpoint, model, run_folder
 from rnn_jax.config import ModelConfig, to_dict
 from rnn_jax.files import write_folder_atomic
 
@@ -143,7 +143,7 @@ def export_checkpoint(
     out = Path(out)
     check_out(out)
     started = time.perf_counter()
-    restored = checkpoint.restore(run_dir, step=step)
+    restored = run_folder.restore_own(run_dir, step)
     step_bytes = bytes(export_step(restored.model_config, restored.params, platforms).serialize())
     about = manifest(restored, run_dir, platforms, step_bytes)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -427,7 +427,9 @@ def standard_actions(
         Print(echo, config.eval_every_steps),
     ]
     if out_dir is not None:
-        actions.append(RunFiles(out_dir, model_config, config, run_config, init_from))
+        actions.append(
+            RunFiles(out_dir, model_config, config, run_config, dataset.fingerprint, init_from)
+        )
         if run_config.tensorboard and report.EventWriter.available():
             actions.append(TensorBoard(out_dir, start_step))
         elif run_config.tensorboard:

@@ -3,7 +3,9 @@
 ``eval`` and ``sample`` restore what they need from a checkpoint alone
 (``checkpoint.restore``: the model, its parameters and vocabulary, verified against their
 checksums), never from the folder's other files, so they can run while a training
-process saves beside them; ``info`` also reads ``config.json`` and the lock's owner.
+process saves beside them; ``info`` also reads ``config.json`` and the lock's owner. All
+three refuse a checkpoint that ``config.json`` (written atomically as a run starts) says
+is another run's (``run_folder.check_own``).
 
 ``eval`` and ``sample`` work in chunks (``evaluate_in_chunks``, ``sample.Generation``).
 Between two chunks they update a progress bar (on a terminal), write the text generated
@@ -75,7 +77,7 @@ def evaluate_checkpoint(
     checkpoint on its validation split or on ``corpus``; says when the training corpus
     changed since. Scores about ``chunk_tokens`` tokens at a time; after a signal, the
     perplexity of the tokens scored so far."""
-    restored = checkpoint.restore(run_dir, step=step)
+    restored = run_folder.restore_own(run_dir, step)
     config = restored.train_config
     tokens, what = _tokens_to_score(run_dir, restored, corpus, echo)
     Xs, Ys = input_pipeline.eval_batches(tokens[:eval_tokens], config.batch_size, config.num_steps)
@@ -155,7 +157,7 @@ def sample_checkpoint(
     generated is printed and ``Interrupted`` raised.
     """
     out = out or sys.stdout
-    restored = checkpoint.restore(run_dir, step=step)
+    restored = run_folder.restore_own(run_dir, step)
     config = restored.train_config
     texts = [_file_prefix(p, restored) if isinstance(p, Path) else p for p in prefixes or ()]
     texts = texts or list(config.sample_prefix or ()) or [_first_tokens(restored)]
@@ -330,6 +332,10 @@ def describe(run_dir: Path) -> str:
     if owner:
         lines.append(f"  in use by {owner}")
     infos = checkpoint.list_checkpoints(run_dir, verify=True)
+    for info in infos:
+        if info.intact and info.meta:
+            saved = [info.meta.get(key) for key in ("model", "train", "corpus")]
+            run_folder.check_own(run_dir, info.step, saved[0] or {}, saved[1] or {}, saved[2])
     if not infos:
         lines.append("  no finished checkpoint")
         return "\n".join(lines)

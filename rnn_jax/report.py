@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -146,13 +147,18 @@ def plot_perplexity(records: list[dict[str, Any]], path: Path, title: str = "") 
 
 
 class EventWriter:
-    """TensorBoard event files (``tensorboardX``, no TensorFlow) for a run's records.
+    """TensorBoard event files (``tensorboardX``'s protos, no TensorFlow) for a run's records.
 
     Scalars per record, at its step: ``train/perplexity``, ``val/perplexity``, their bits
     per character, ``train/tokens_per_s``, ``train/grad_norm`` (before clipping),
     ``train/lr``; text: the samples. A resumed run passes ``purge_step`` (the first step
     it trains): TensorBoard then discards the earlier files' events from that step on,
     so a resumed curve has no duplicated steps.
+
+    Events are written and flushed in the caller's thread, so a failed write (a full
+    disk) raises ``OSError`` here, as every other file of a run does. (tensorboardX's
+    ``SummaryWriter`` writes from a thread of its own: a failed write there killed the
+    thread, was lost, and then blocked the run once its queue filled.)
     """
 
     SCALARS: ClassVar[dict[str, str]] = {
@@ -174,19 +180,31 @@ class EventWriter:
         return importlib.util.find_spec("tensorboardX") is not None
 
     def __init__(self, logdir: Path, purge_step: int | None = None) -> None:
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import SessionLog
 
-        self._writer = SummaryWriter(str(logdir), purge_step=purge_step, flush_secs=30)
+        Path(logdir).mkdir(parents=True, exist_ok=True)
+        self._file = EventsWriter(str(Path(logdir) / "events"))  # events.out.tfevents.*
+        if purge_step is not None:  # TensorBoard's restart marker: it purges later steps
+            self._write(purge_step, session_log=SessionLog(status=SessionLog.START))
+            self._file.flush()
 
     def add_record(self, record: dict[str, Any], samples: list[str] | None = None) -> None:
+        from tensorboardX import summary
+
         step = int(record["step"])
         for key, tag in self.SCALARS.items():
             value = record.get(key)
             if value is not None and math.isfinite(value):
-                self._writer.add_scalar(tag, value, step)
+                self._write(step, summary=summary.scalar(tag, value))
         for i, text in enumerate(samples or ()):
-            self._writer.add_text(f"samples/{i}", f"    {text}", step)
-        self._writer.flush()
+            self._write(step, summary=summary.text(f"samples/{i}", f"    {text}"))
+        self._file.flush()
+
+    def _write(self, step: int, **fields: Any) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        self._file.write_event(Event(wall_time=time.time(), step=step, **fields))
 
     def close(self) -> None:
-        self._writer.close()
+        self._file.close()

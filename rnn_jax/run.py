@@ -54,12 +54,21 @@ from rnn_jax import (
     sweep,
     transfer,
 )
-from rnn_jax.actions import Every, NonFiniteLossError, Save, StopWhen
-from rnn_jax.config import ModelConfig, RunConfig, TrainConfig, flag_name, load_file, to_dict
+from rnn_jax.actions import Action, Every, NonFiniteLossError, RecordPoint, Save, StopWhen
+from rnn_jax.cache import CacheFolderError
+from rnn_jax.config import (
+    RESUMABLE,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    flag_name,
+    load_file,
+    to_dict,
+)
 from rnn_jax.data import encode_prefixes
 from rnn_jax.input_pipeline import Dataset
 from rnn_jax.run_folder import RunLock
-from rnn_jax.signals import Signals
+from rnn_jax.signals import Signals, pause_point, pause_requested
 from rnn_jax.step import TrainState
 
 
@@ -139,6 +148,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
                 if prepared.source is not None:
                     echo(prepared.source.describe())
                 created = _open_new_folder(run_dir, lock, echo)
+                pause_point("folder")
         else:
             if main:
                 lock.acquire()
@@ -177,7 +187,7 @@ def prepare_new(fields: Fields, run_config: RunConfig, run_dir: Path, signals: S
         source_dir, source = transfer.restore_source(train_fields["init_from"])
         train_fields = transfer.train_fields(source_dir, source, train_fields)
     train_config = TrainConfig(**train_fields)
-    dataset = input_pipeline.load_dataset(train_config, cache_dir=_cache(run_config))
+    dataset = _load_dataset(train_config, run_config)
     signals.check()
     vocab_size = model_fields.pop("vocab_size", dataset.vocab_size)
     if vocab_size != dataset.vocab_size:
@@ -215,14 +225,16 @@ def prepare_resume(
             f"{run_dir} holds no finished checkpoint to resume (its run stopped "
             f"before the first save); start it again with --out {run_dir}"
         )
-    saved = (run_folder.read_config(run_dir) or {}).get("run", {})
+    saved = run_folder.load_config(run_dir).get("run", {})
     names = {f.name for f in dataclasses.fields(RunConfig)}
     run_config = RunConfig(**{**{k: v for k, v in saved.items() if k in names}, **fields.run})
     signals.check()
     mesh = parallel.mesh_for(run_config.devices)
     restored = checkpoint.restore(run_dir, step=step, for_training=True, mesh=mesh)
+    model, train = to_dict(restored.model_config), to_dict(restored.train_config)
+    run_folder.check_own(run_dir, restored.step, model, train, restored.corpus)
     model_config, train_config = _resumed_configs(restored, fields.model, fields.train)
-    dataset = input_pipeline.load_dataset(train_config, cache_dir=_cache(run_config))
+    dataset = _load_dataset(train_config, run_config)
     signals.check()
     _check_corpus(restored, dataset, run_dir)
     check_run(model_config, train_config, dataset, run_config)
@@ -324,8 +336,9 @@ def _actions(
     manager: ocp.CheckpointManager,
     signals: Signals,
     echo: Callable[[str], None],
-) -> list[Save | StopWhen]:
-    """The life cycle's actions: saves, and the stop on a signal."""
+) -> list[Action]:
+    """The life cycle's actions: saves, and the stop on a signal (and the test hook's
+    pause points when a test asks for them)."""
     run_config, restored = prepared.run_config, prepared.restored
     num_devices = 1 if prepared.mesh is None else parallel.num_devices(prepared.mesh)
     if restored is not None:
@@ -348,7 +361,18 @@ def _actions(
         init_from=None if prepared.source is None else prepared.source.to_json(),
     )
     stop = StopWhen(lambda: signals.received is not None, on_start=signals.start_training)
-    return [save, stop]
+    return [save, stop, *([_Pause()] if pause_requested() else [])]
+
+
+class _Pause(Action):
+    """The test hook's points in the loop (``signals.pause_point``): ``start`` before the
+    first step, ``record`` after each record's actions (its save included)."""
+
+    def start(self, state: TrainState) -> None:
+        pause_point("start")
+
+    def __call__(self, state: TrainState, point: RecordPoint) -> None:
+        pause_point("record")
 
 
 # --------------------------------------------------------------------------- configs, checks
@@ -392,14 +416,13 @@ def _resumed_configs(
                 f"{flag_name(ModelConfig, name)} {value} differs from the resumed run's "
                 f"{getattr(saved_model, name)}"
             )
-    resumable = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable")}
     changes = {}
     candidate = TrainConfig(**{**to_dict(saved_train), **train_fields})
     for name in train_fields:
         value, saved = getattr(candidate, name), getattr(saved_train, name)
         if value == saved:
             continue
-        if name not in resumable:
+        if name not in RESUMABLE:
             raise ValueError(
                 f"{flag_name(TrainConfig, name)} {value} differs from the resumed run's {saved}"
             )
@@ -510,7 +533,17 @@ def _run_dir(request: TrainRequest, kind: str) -> Path:
         raise ValueError("--out must name a folder")
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir} is a file, not a folder")
+    _check_outside_runs(run_dir)
     return run_dir
+
+
+def _check_outside_runs(run_dir: Path) -> None:
+    """Refuse a new run folder inside another run's (its checkpoints/, a sweep's folder)."""
+    enclosing = run_folder.enclosing_run(run_dir)
+    if enclosing is not None:
+        raise ValueError(
+            f"--out {run_dir} lies inside the run folder {enclosing}; choose a folder outside it"
+        )
 
 
 def _make_folder(run_dir: Path) -> bool:
@@ -527,9 +560,17 @@ def _silent(text: str) -> None:
     del text
 
 
-def _cache(run_config: RunConfig) -> str | bool | None:
-    """The token cache: ``--cache-dir``, else the default folder; none with ``--no-cache``."""
-    return (run_config.cache_dir or True) if run_config.cache else None
+def _load_dataset(train_config: TrainConfig, run_config: RunConfig) -> Dataset:
+    """The dataset, through the token cache: ``--cache-dir``, else the default folder;
+    none with ``--no-cache``. A cache folder that cannot be written is refused."""
+    cache_dir = (run_config.cache_dir or True) if run_config.cache else None
+    try:
+        return input_pipeline.load_dataset(train_config, cache_dir=cache_dir)
+    except CacheFolderError as err:
+        raise ValueError(
+            f"{flag_name(RunConfig, 'cache_dir')} {err.folder}: {err.reason}; name a "
+            "writable folder or use --no-cache"
+        ) from None
 
 
 def _close_or_fail(manager: ocp.CheckpointManager, run_dir: Path) -> None:
@@ -648,6 +689,7 @@ def train_seeds(request: TrainRequest) -> int:
         raise ValueError(f"--seeds starts members from their seeds, not {transfer.FLAG}")
     cell = fields.model.get("cell", "rnn")
     run_dir = request.out or Path("runs") / f"{cell}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_outside_runs(run_dir)
     signals = Signals()
     signals.training = True  # a sweep is not resumable: a signal stops it (KeyboardInterrupt)
     prepared = prepare_new(fields, RunConfig(**fields.run), run_dir, signals)

@@ -1,7 +1,7 @@
 """A run folder: what it holds, who owns it, and the folder operations of a run's life.
 
-    RUN_DIR/config.json      the model, train and run configs, versions and devices (and
-                             a fine-tune's source)
+    RUN_DIR/config.json      the configs, the corpus's fingerprint, versions and devices
+                             (and a fine-tune's source)
     RUN_DIR/metrics.jsonl    one record per line (``report``)
     RUN_DIR/samples.txt      the samples printed during training
     RUN_DIR/perplexity.png   the book's plot of train and validation perplexity
@@ -10,7 +10,10 @@
     RUN_DIR/.lock            held by the process that trains in the folder (``RunLock``)
     RUN_DIR/superseded-after-<step>/   checkpoints a resume from an earlier step set aside
 
-``config.json`` is written (``write_config``) and read (``read_config``) here only.
+``config.json`` is written (``write_config``) and read (``load_config``, ``read_config``)
+here only. It says whose the folder is: ``check_own`` refuses a checkpoint it does not
+describe (another run's ``checkpoints/`` copied in), and ``enclosing_run`` finds the run
+a new folder would lie inside.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import jax
 import rnn_jax
 from rnn_jax import checkpoint, report
 from rnn_jax.checkpoint import CHECKPOINTS
-from rnn_jax.config import ModelConfig, RunConfig, TrainConfig, to_dict
+from rnn_jax.config import RESUMABLE, ModelConfig, RunConfig, TrainConfig, to_dict
 from rnn_jax.files import write_atomic
 
 CONFIG = "config.json"
@@ -50,16 +53,19 @@ def write_config(
     config: TrainConfig,
     run_config: RunConfig,
     *,
+    corpus: dict[str, Any] | None = None,
     init_from: dict[str, Any] | None = None,
 ) -> None:
     """``config.json``: the model, train and run sections (``rnn-jax train --config``
-    reads it back), the versions and devices it ran with, and for a fine-tune the
-    ``init_from`` section (``transfer.Source``: the source run, step and checkpoint
-    sha256, the tokens kept, new and dropped)."""
+    reads it back), the corpus's fingerprint (``{"sha256", "size"}``), the versions and
+    devices it ran with, and for a fine-tune the ``init_from`` section
+    (``transfer.Source``: the source run, step and checkpoint sha256, the tokens kept,
+    new and dropped)."""
     payload = {
         "model": to_dict(model_config),
         "train": to_dict(config),
         "run": to_dict(run_config),
+        "corpus": corpus,
         "run_info": run_info(),
     }
     if init_from is not None:
@@ -67,13 +73,93 @@ def write_config(
     write_atomic(run_dir / CONFIG, json.dumps(payload, indent=2) + "\n")
 
 
+def load_config(run_dir: Path) -> dict[str, Any]:
+    """The sections of ``config.json`` as written; ``ValueError`` (one line) when it is
+    missing or unreadable: a resume needs the run's own settings, not defaults."""
+    path = Path(run_dir) / CONFIG
+    try:
+        payload = json.loads(path.read_text("utf-8"))
+    except OSError as err:
+        reason = err.strerror or str(err)
+    except ValueError as err:
+        reason = f"not JSON: {err}"
+    else:
+        if isinstance(payload, dict) and all(
+            isinstance(payload.get(s, {}), dict) for s in ("model", "train", "run")
+        ):
+            return payload
+        reason = "not an object of sections"
+    raise ValueError(
+        f"{path} cannot be read ({reason}); it holds the run's own settings: "
+        "restore it to resume the run, or start a new one"
+    )
+
+
 def read_config(run_dir: Path) -> dict[str, Any] | None:
     """The sections of ``config.json`` as written, or None when it is missing or unreadable."""
     try:
-        payload = json.loads((run_dir / CONFIG).read_text("utf-8"))
-    except (OSError, ValueError):
+        return load_config(run_dir)
+    except ValueError:
         return None
-    return payload if isinstance(payload, dict) else None
+
+
+# What a resume may change, so where config.json and an earlier checkpoint of the same
+# run may differ (``run._resumed_configs``).
+_MAY_CHANGE = {"model": {"compute_dtype"}, "train": RESUMABLE}
+
+
+def check_own(
+    run_dir: Path,
+    step: int,
+    model: dict[str, Any],
+    train: dict[str, Any],
+    corpus: dict[str, Any] | None,
+) -> None:
+    """Refuse checkpoint ``step`` of ``run_dir`` (its saved ``model`` and ``train``
+    configs and ``corpus`` fingerprint) when ``config.json`` describes another run: a
+    field no resume changes, or the corpus, differs (another run's ``checkpoints/``
+    copied in). A folder without a readable ``config.json`` (checkpoints written by
+    ``checkpoint.save`` alone) is not checked. Raises ``CheckpointError``, one line."""
+    config = read_config(run_dir)
+    if config is None:
+        return
+    for section, saved in (("model", model), ("train", train)):
+        ours = config.get(section) or {}
+        for name in sorted(set(saved) & set(ours) - _MAY_CHANGE[section]):
+            if json.dumps(saved[name]) != json.dumps(ours[name]):
+                _not_own(run_dir, step, f"{section}.{name}", repr(saved[name]), repr(ours[name]))
+    ours = config.get("corpus") or {}
+    if corpus and ours and corpus.get("sha256") != ours.get("sha256"):
+        saved_sha, our_sha = (f"{str(c.get('sha256'))[:12]}..." for c in (corpus, ours))
+        _not_own(run_dir, step, "corpus sha256", saved_sha, our_sha)
+
+
+def restore_own(run_dir: Path, step: int | str | None = None) -> checkpoint.Restored:
+    """``checkpoint.restore``, once ``config.json`` vouched that the checkpoint is this
+    run's (``check_own``): what ``eval``, ``sample``, ``info``, ``export`` and
+    ``--init-from`` read."""
+    restored = checkpoint.restore(run_dir, step=step)
+    model, train = to_dict(restored.model_config), to_dict(restored.train_config)
+    check_own(Path(run_dir), restored.step, model, train, restored.corpus)
+    return restored
+
+
+def _not_own(run_dir: Path, step: int, what: str, saved: str, ours: str) -> None:
+    raise checkpoint.CheckpointError(
+        f"checkpoint step {step} in {run_dir} is not this run's: its {what} is {saved}, "
+        f"{CONFIG}'s {ours}; are {CHECKPOINTS}/ another run's?"
+    )
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The run folder ``path`` would lie inside (its ``checkpoints/``, a sweep's folder,
+    below a link to one), or None. A run folder holds a ``config.json`` with
+    ``run_info`` (``write_config``), or the lock file beside what a run writes."""
+    for parent in Path(path).absolute().resolve().parents:
+        config = read_config(parent) or {}
+        if "run_info" in config or ((parent / LOCK).is_file() and holds_run(parent)):
+            return parent
+    return None
 
 
 def run_info() -> dict[str, Any]:

@@ -11,6 +11,10 @@ to save: ``ReaderSignals`` ends them at once, except while they work in chunks, 
 stop after the current chunk and keep what they did. This module imports nothing but
 the standard library, so the command line installs the handlers before anything
 imports JAX.
+
+``pause_point`` is a test hook: a run that a test asks to (``$RNN_JAX_PAUSE_AT``) waits at
+named points of its life cycle, so that the test signals, kills or reads it there
+instead of racing it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -110,3 +116,35 @@ def exit_now(signum: int, what: str) -> NoReturn:
         sys.stdout.flush()
     os.write(2, f"rnn-jax: {signal.Signals(signum).name}; {what}\n".encode())
     os._exit(128 + signum)
+
+
+# --------------------------------------------------------------------------- a test hook
+
+PAUSE_AT, PAUSE_DIR = "RNN_JAX_PAUSE_AT", "RNN_JAX_PAUSE_DIR"
+PAUSE_TIMEOUT_S = 600  # a test that never releases the run fails it, later
+_arrivals: dict[str, int] = {}
+
+
+def pause_requested() -> bool:
+    """Whether the environment names any pause point (``pause_point``)."""
+    return bool(os.environ.get(PAUSE_AT))
+
+
+def pause_point(name: str) -> None:
+    """Wait at the point ``name`` when ``$RNN_JAX_PAUSE_AT`` (comma-separated) names it;
+    otherwise return at once. Each arrival N (from 1) at a named point writes
+    ``$RNN_JAX_PAUSE_DIR/<name>-<N>.paused`` and waits until ``<name>-<N>.go`` appears
+    there; signals are handled meanwhile. The points (one process): ``folder`` (a new
+    run's folder made and locked, nothing trained), ``start`` (``config.json`` written,
+    the step compiled, before the first step), ``record`` (after each record's actions,
+    its save included)."""
+    if name not in os.environ.get(PAUSE_AT, "").split(","):
+        return
+    _arrivals[name] = arrival = _arrivals.get(name, 0) + 1
+    folder = Path(os.environ[PAUSE_DIR])
+    (folder / f"{name}-{arrival}.paused").touch()
+    deadline = time.monotonic() + PAUSE_TIMEOUT_S
+    while not (folder / f"{name}-{arrival}.go").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pause point {name} #{arrival} not released in {PAUSE_TIMEOUT_S} s")
+        time.sleep(0.01)

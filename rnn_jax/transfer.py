@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import checkpoint, input_pipeline
+from rnn_jax import checkpoint, input_pipeline, run_folder
 from rnn_jax.config import ModelConfig, TrainConfig, flag_name
 from rnn_jax.data import UNK, Vocab
 from rnn_jax.input_pipeline import Dataset
@@ -86,7 +86,7 @@ def restore_source(init_from: str) -> tuple[Path, checkpoint.Restored]:
     keeps them from restoring is a ``ValueError`` of one line naming ``--init-from``."""
     run_dir, step = parse(init_from)
     try:
-        return run_dir.absolute(), checkpoint.restore(run_dir, step=step)
+        return run_dir.absolute(), run_folder.restore_own(run_dir, step)
     except checkpoint.DamagedCheckpointError as err:
         intact = checkpoint.newest_intact_step(run_dir)
         hint = "; no intact checkpoint remains" if intact is None else f"; use {run_dir}:{intact}"

@@ -14,7 +14,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -291,6 +293,25 @@ def test_unreadable_step_metadata_is_caught(run: Path) -> None:
     assert "_CHECKPOINT_METADATA is unreadable" in str(err.value)
 
 
+def test_library_saves_and_restores_drop_orbax_orphans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first manager a library user opens (no CLI) installs the filter of Orbax's
+    orphaned reads and writes: "Event loop is closed" and Orbax's unawaited coroutines
+    are dropped, every other unraisable exception reaches the hook that was there."""
+    seen: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    checkpoint.close(checkpoint.open_manager(tmp_path, checkpoint.CheckpointConfig()))
+    orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "x.py")
+    coroutine = SimpleNamespace(cr_code=SimpleNamespace(co_filename=orbax_file))
+    closed = SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None)
+    orphan = SimpleNamespace(exc_value=RuntimeError("never awaited"), object=coroutine)
+    other = SimpleNamespace(exc_value=ValueError("ours"), object=None)
+    for unraisable in (closed, orphan, other):
+        sys.unraisablehook(unraisable)
+    assert seen == [other]
+
+
 # ------------------------------------------------------------- format 1, legacy
 
 
@@ -348,6 +369,19 @@ def test_format_1_restores_unverified(tmp_path: Path) -> None:
     assert (info.step, info.epoch, info.val_ppl, info.intact) == (50, 2, None, True)
 
 
+def test_checkpoints_older_than_preprocess_restore_as_book(tmp_path: Path) -> None:
+    """A checkpoint of a run on a user's file, written before ``preprocess`` existed
+    (its train config lacks the field; today's default for a user's file is raw),
+    restores as ``book``, the only preprocessing there was: the real legacy table."""
+    corpus = tmp_path / "own.txt"
+    corpus.write_text("some text of the user's own\n", "utf-8")
+    train = TrainConfig(batch_size=4, num_steps=5, sample_every=0, corpus=str(corpus))
+    assert train.preprocess == "raw"
+    old_train = {k: v for k, v in to_dict(train).items() if k != "preprocess"}
+    save_format_1(tmp_path / "old", make_state(50), old_train)
+    assert checkpoint.restore(tmp_path / "old").train_config.preprocess == "book"
+
+
 def test_legacy_defaults_fill_missing_fields(tmp_path: Path, monkeypatch) -> None:
     """A checkpoint written before a field existed gets the field's legacy value; only
     fields the dataclass has are filled; a field this version lacks is one error line."""
@@ -372,8 +406,9 @@ def test_legacy_defaults_fill_missing_fields(tmp_path: Path, monkeypatch) -> Non
 
 def test_reader_never_races_a_writer(tmp_path: Path) -> None:
     """A writer thread saves step after step keeping only the latest two (so it deletes
-    a step every save) while the reader restores the latest over and over: every
-    restore returns a whole, verified step, and nothing else is raised."""
+    a step every save) while the reader restores the latest 6 times, each time once
+    the writer finished a newer step than the last read: every restore returns a whole,
+    verified step, newer than the one before, and nothing else is raised."""
     states = [make_state(1, seed=k) for k in range(3)]
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -395,25 +430,30 @@ def test_reader_never_races_a_writer(tmp_path: Path) -> None:
         finally:
             checkpoint.close(manager)
 
+    def newest() -> int:
+        return max(checkpoint.finished_steps(tmp_path), default=0)
+
+    def wait_for_newer_than(step: int) -> None:
+        deadline = time.monotonic() + 120
+        while newest() <= step and not errors:
+            assert time.monotonic() < deadline, f"the writer saved nothing after {step}"
+            writer.join(0.01)
+
     writer = threading.Thread(target=write)
     writer.start()
+    seen = [0]
     try:
-        while not (tmp_path / checkpoint.CHECKPOINTS).is_dir() or not any(
-            p.name.isdigit() for p in (tmp_path / checkpoint.CHECKPOINTS).iterdir()
-        ):
-            writer.join(0.01)
-        seen = set()
-        for _ in range(25):
+        for _ in range(6):
+            wait_for_newer_than(seen[-1])
             restored = checkpoint.restore(tmp_path, for_training=True)
-            assert restored.verified and restored.epoch == restored.step
+            assert restored.verified and restored.epoch == restored.step > seen[-1]
             expected = states[restored.step % 3].replace(step=jnp.asarray(restored.step))
             assert_bitwise(restored.state, expected)
-            seen.add(restored.step)
+            seen.append(restored.step)
     finally:
         stop.set()
-        writer.join()
+        writer.join(timeout=120)
     assert not errors, errors
-    assert len(seen) > 5  # the writer moved on while the reader read
 
 
 def test_restore_moves_on_when_its_step_is_deleted(tmp_path: Path, monkeypatch) -> None:

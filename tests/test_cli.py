@@ -86,6 +86,47 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *ne
         assert needle in lines[0], (needle, lines[0])
 
 
+PAUSE_S = 180  # the deadline of every wait on a paused run
+
+
+def start_paused(args: list[str], pause_dir: Path, *points: str) -> subprocess.Popen[str]:
+    """``rnn-jax ARGS`` in a child process that waits at each arrival at the named
+    ``points`` (``signals.pause_point``: ``folder``, ``start``, ``record``) until the test
+    releases it (``release``), so that the test acts there instead of racing the run."""
+    pause_dir.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XDG_CACHE_HOME": str(CACHE),
+        "RNN_JAX_PAUSE_AT": ",".join(points),
+        "RNN_JAX_PAUSE_DIR": str(pause_dir),
+    }
+    command = [sys.executable, "-m", "rnn_jax", *args]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def wait_paused(
+    child: subprocess.Popen[str], pause_dir: Path, point: str, arrival: int = 1
+) -> None:
+    """Until ``child`` waits at its ``arrival``-th arrival at ``point``; fails if it
+    exits first or ``PAUSE_S`` pass."""
+    marker = pause_dir / f"{point}-{arrival}.paused"
+    deadline = time.monotonic() + PAUSE_S
+    while not marker.exists():
+        if child.poll() is not None:
+            raise AssertionError(f"exited before pausing at {point}: {child.communicate()}")
+        assert time.monotonic() < deadline, f"no pause at {point} #{arrival} in {PAUSE_S} s"
+        time.sleep(0.01)
+
+
+def release(pause_dir: Path, point: str, *arrivals: int) -> None:
+    """Let the run go on from (or straight through) these arrivals at ``point``."""
+    for arrival in arrivals or (1,):
+        (pause_dir / f"{point}-{arrival}.go").touch()
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2-epoch run; tests that change it copy it first."""
@@ -152,24 +193,22 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_saves_exits_and_resumes_exactly(tmp_path: Path, signum: signal.Signals) -> None:
-    """A signal during training finishes the step, saves, exits 128+signum (SIGHUP is
+    """A signal during training (sent while the run waits after its first record and
+    save, at step 67) finishes the next step, saves it, exits 128+signum (SIGHUP is
     handled as SIGTERM); resuming then ends bitwise equal to a run never interrupted,
     metrics included."""
-    run_dir, straight = tmp_path / "run", tmp_path / "straight"
+    run_dir, straight, pause = tmp_path / "run", tmp_path / "straight", tmp_path / "pause"
     long = ["--epochs", "30", "--num-hiddens", "48"]
-    cmd = [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), *TINY, *long]
-    cmd[cmd.index("--save-every") + 1] = "1000"  # the first epoch, the signal and the end save
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = run_dir / "checkpoints" / "67"  # the early first checkpoint: training has begun
-    deadline = time.monotonic() + 90
-    while not first.exists() and time.monotonic() < deadline and child.poll() is None:
-        time.sleep(0.005)
+    args = ["train", "--out", str(run_dir), *TINY, *long]
+    args[args.index("--save-every") + 1] = "1000"  # the first epoch, the signal and the end save
+    child = start_paused(args, pause, "record")
+    wait_paused(child, pause, "record")
     child.send_signal(signum)
-    out, err = child.communicate(timeout=60)
+    release(pause, "record")
+    out, err = child.communicate(timeout=PAUSE_S)
     assert child.returncode == 128 + signum, (child.returncode, out, err)
     assert "--resume" in out and err == "", (out, err)
-    interrupted_at = checkpoint.restore(run_dir).step
-    assert 67 < interrupted_at < 30 * 67
+    assert checkpoint.restore(run_dir).step == 68
     proc = rnn_jax("train", "--resume", str(run_dir), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     proc = rnn_jax("train", "--out", str(straight), *TINY, *long)
@@ -188,21 +227,18 @@ def test_signal_saves_exits_and_resumes_exactly(tmp_path: Path, signum: signal.S
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_before_training_leaves_no_folder(tmp_path: Path, signum: signal.Signals) -> None:
-    """A signal while the run starts (sent once the data is loaded and checked, while
-    the folder is made and the step compiles) exits 128+signum with one line and
-    leaves no run folder behind."""
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), "--epochs", "3", *TINY]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(CACHE)}
-    child = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    assert child.stdout is not None
-    first = child.stdout.readline()
-    assert first.startswith("data:"), first
+    """A signal while the run starts (sent while it waits with its data loaded and
+    checked and its folder made, before the step compiles) exits 128+signum with one
+    line and leaves no run folder behind."""
+    run_dir, pause = tmp_path / "run", tmp_path / "pause"
+    child = start_paused(["train", "--out", str(run_dir), "--epochs", "3", *TINY], pause, "folder")
+    wait_paused(child, pause, "folder")
+    assert (run_dir / ".lock").exists()
     child.send_signal(signum)
-    out, err = child.communicate(timeout=60)
+    release(pause, "folder")
+    out, err = child.communicate(timeout=PAUSE_S)
     assert child.returncode == 128 + signum, (child.returncode, out, err)
+    assert out.startswith("data:"), out
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "before training started" in lines[0], err
     assert not run_dir.exists()
@@ -233,33 +269,40 @@ def test_nan_loss_stops_with_the_step_window(tmp_path: Path) -> None:
 
 
 def test_kill_during_save_keeps_the_previous_checkpoint(trained: Path, tmp_path: Path) -> None:
-    """kill -9 while Orbax writes leaves the earlier checkpoints restorable."""
+    """kill -9 while Orbax writes (a save held before its commit, as Orbax's own tests
+    hold one: its files written to the temporary folder, not renamed) leaves the earlier
+    checkpoints restorable."""
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
     steps_before = sorted(
         int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()
     )
     script = f"""
-import jax, jax.numpy as jnp
+import asyncio, jax
 from pathlib import Path
+from orbax.checkpoint._src.path import atomicity
 from rnn_jax import checkpoint
+
+async def hold(self, *args, **kwargs):  # the step's files are written, the commit waits
+    print("writing", flush=True)
+    await asyncio.sleep(3600)
+
+atomicity.AtomicRenameTemporaryPath.finalize = hold
 run = Path({str(run_dir)!r})
 restored = checkpoint.restore(run, for_training=True)
-big = jax.random.normal(jax.random.key(0), (2048, 4096))  # ~32 MB, slow enough to interrupt
-state = restored.state.replace(params={{**restored.params, "big": big}})
+big = jax.random.normal(jax.random.key(0), (256, 1024))
+state = restored.state.replace(params={{**restored.params, "big": big}}, step=restored.step + 1)
 manager = checkpoint.open_manager(run, checkpoint.CheckpointConfig(keep=100))
-print("saving", flush=True)
-for k in range(1, 1000):
-    state = state.replace(step=state.step + 1)
-    checkpoint.save(manager, state, epoch=restored.epoch, model_config=restored.model_config,
-                    train_config=restored.train_config, vocab=restored.vocab)
+checkpoint.save(manager, state, epoch=restored.epoch, model_config=restored.model_config,
+                train_config=restored.train_config, vocab=restored.vocab)
+checkpoint.close(manager)
 """
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "saving"
-    time.sleep(1.5)
+    assert child.stdout is not None and child.stdout.readline().strip() == "writing"
     child.kill()
     child.wait()
     child.stdout.close()
+    assert list((run_dir / "checkpoints").glob(f"{steps_before[-1] + 1}.orbax-checkpoint-tmp*"))
     restored = checkpoint.restore(run_dir, step=steps_before[-1])
     assert restored.step == steps_before[-1]
     again = rnn_jax("sample", "--checkpoint", str(run_dir), "--step", str(steps_before[-1]))
@@ -360,7 +403,7 @@ SAMPLE = ["sample", "--checkpoint", "{run}"]
         (["train", "--out", "{new}", "--num-hiddens", "0"], "num_hiddens"),
         (["train", "--out", "{new}", "--lr", "-1"], "lr must be a positive number"),
         (["train", "--out", "{new}", "--eval-every", "-2"], "eval_every must be an integer >= 0"),
-        (["train", "--out", "{run}/config.json/sub"], "cannot create run folder"),
+        (["train", "--out", "{short}/sub"], "cannot create run folder"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(

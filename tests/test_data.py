@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -300,13 +301,44 @@ def test_missing_file(tmp_path):
         data.load_corpus(path)
 
 
-@pytest.mark.parametrize("content", [b"", b"   \n\t \r\n"])
-def test_empty_or_blank_file(tmp_path, content):
-    """Empty and whitespace-only files raise ValueError('... is empty')."""
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf"])
+def test_empty_file(tmp_path, content):
+    """A file of no bytes, or of a byte order mark alone, raises ValueError('... is empty')."""
+    path = tmp_path / "c.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"c\.txt is empty$"):
+        data.load_corpus(path)
+
+
+@pytest.mark.parametrize("content", [b"\n" * 5000, b"   \n\t \r\n"])
+def test_whitespace_only_file_is_text_to_raw(tmp_path, content):
+    """Whitespace is text: raw char tokens keep it (``\\r\\n`` read as ``\\n``); book
+    preprocessing says it kept no letter and names raw; raw word tokens are none (the
+    minibatch check then says so)."""
     path = tmp_path / "blank.txt"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="empty"):
+    corpus, vocab = data.load_corpus(path, preprocess="raw")
+    assert data.decode(corpus, vocab) == content.decode().replace("\r\n", "\n")
+    with pytest.raises(ValueError, match=r"no letters.*keeps only A-Z: 0 of .*'raw'"):
         data.load_corpus(path)
+    assert len(data.load_corpus(path, preprocess="raw", token="word")[0]) == 0
+
+
+@pytest.mark.parametrize("preprocess", ["raw", "book"])
+def test_byte_order_mark_is_dropped(tmp_path, preprocess):
+    """A UTF-8 byte order mark (U+FEFF) at the start is dropped, whether from the file or
+    the token cache; one later in the text (a zero-width no-break space) is text."""
+    text = "the time traveller \ufeff said\n"
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text(text, "utf-8")
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    expected = data.load_corpus(plain, preprocess=preprocess)
+    for cache_dir in (None, tmp_path / "cache", tmp_path / "cache"):
+        tokens, vocab = data.load_corpus(marked, preprocess=preprocess, cache_dir=cache_dir)
+        np.testing.assert_array_equal(tokens, expected[0])
+        assert vocab == expected[1]
+    assert data.read_text(marked) == text
+    assert ("\ufeff" in expected[1].idx_to_token) == (preprocess == "raw")
 
 
 @pytest.mark.parametrize("token", ["char", "word"])
@@ -604,10 +636,14 @@ def test_cache_round_trip_and_stat_fast_path(tmp_path, monkeypatch):
     np.testing.assert_array_equal(short.tokens, fresh.tokens[:10])
 
 
-def test_cache_misses_on_changed_bytes_or_options(tmp_path):
-    """Same size, same mtime, other bytes: a miss (content hash). Other options: a miss."""
+def test_cache_misses_on_changed_bytes_or_options(tmp_path, monkeypatch):
+    """Same size, same mtime, other bytes, of a file hashed within ``RACY_NS`` of its
+    mtime (the clock is set to 1 s after it, however slow this machine is): a miss
+    (content hash). Other options: a miss."""
     path, cache = tmp_path / "c.txt", tmp_path / "cache"
     path.write_text("the time traveller " * 10, "utf-8")
+    hashed_at = os.stat(path).st_mtime_ns + 1_000_000_000
+    monkeypatch.setattr(data, "time", SimpleNamespace(time_ns=lambda: hashed_at))
     assert not data.load_text_corpus(path, cache_dir=cache).cached
     assert data.load_text_corpus(path, cache_dir=cache).cached
     st = os.stat(path)
@@ -641,6 +677,27 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path, damage):
     again = data.load_text_corpus(path, cache_dir=cache)
     assert again.cached
     np.testing.assert_array_equal(again.tokens, fresh.tokens)
+
+
+def test_another_corpus_entry_in_its_place_is_rebuilt(tmp_path):
+    """Fault: both files of corpus B's valid entry copied over corpus A's (checksums
+    intact). A is rebuilt from its own text, not read as B."""
+    cache_dir = tmp_path / "cache"
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(data.read_text()[:5000], "utf-8")
+    b.write_text("abc\n" * 50, "utf-8")
+    fresh = data.load_text_corpus(a, cache_dir=cache_dir, preprocess="raw")
+    other = data.load_text_corpus(b, cache_dir=cache_dir, preprocess="raw")
+    options = {"preprocess": "raw", "token": "char", "min_freq": 0}
+    ours = cache.TokenCache(cache_dir).paths(cache.entry_key(fresh.fingerprint, options))
+    theirs = cache.TokenCache(cache_dir).paths(cache.entry_key(other.fingerprint, options))
+    for mine, swapped in zip(ours, theirs, strict=True):
+        mine.write_bytes(swapped.read_bytes())
+    rebuilt = data.load_text_corpus(a, cache_dir=cache_dir, preprocess="raw")
+    assert not rebuilt.cached and rebuilt.fingerprint == fresh.fingerprint
+    np.testing.assert_array_equal(rebuilt.tokens, fresh.tokens)
+    assert rebuilt.vocab == fresh.vocab
+    assert data.load_text_corpus(a, cache_dir=cache_dir, preprocess="raw").cached
 
 
 def test_two_processes_fill_the_cache_at_once(tmp_path):

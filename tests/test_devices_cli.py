@@ -10,7 +10,6 @@ then across devices), so runs on different device counts are compared within
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from rnn_jax import checkpoint, report
+from tests.ports import free_port
 from tests.test_cli import CACHE, assert_one_line_error
 
 ATOL = 1e-5
@@ -86,9 +86,7 @@ def test_two_processes_train_as_one(four: Path, tmp_path: Path) -> None:
     """Two processes on localhost (gloo CPU collectives), 2 CPU devices each, each
     building its own rows: the checkpoint they write matches one process's run and
     restores and samples in a single process."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     run_dir = tmp_path / "two"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"}
     env["XDG_CACHE_HOME"] = str(CACHE)
@@ -162,9 +160,7 @@ def test_bad_device_inputs_are_one_line(tmp_path: Path, args: list[str], needle:
 
 def test_unreachable_coordinator_fails_in_bounded_time(tmp_path: Path) -> None:
     """A client whose coordinator never answers fails with one line, not a hang."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # nothing listens there
     out = tmp_path / "new"
     args = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "1"]
     proc = cli("train", "--out", str(out), *SMALL, *args, "--distributed-timeout", "5")

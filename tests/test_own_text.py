@@ -4,11 +4,13 @@ corpus, prefixes checked before training, step budgets, bits per character."""
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
 
-from rnn_jax import checkpoint, data, report
+from rnn_jax import checkpoint, cli, data, report
 from tests.test_cli import assert_one_line_error, rnn_jax
 
 SMALL = ["--num-hiddens", "16", "--batch-size", "4", "--num-steps", "10", "--no-progress"]
@@ -60,7 +62,12 @@ def test_raw_text_trains_with_its_own_defaults(raw_run: tuple[Path, str], corpus
     assert {"\n", "(", ":", "S", '"'} <= set(restored.vocab.idx_to_token)
     prefix = text[len(text) - int(len(text) * 0.1) :][:16]  # the validation split's start
     assert repr(prefix)[1:-1] in stdout  # the in-training samples
-    assert "bpc" in stdout
+    records = report.read_jsonl(run_dir / "metrics.jsonl")
+    for record in records:  # bits per character: log2 of the per-character perplexity
+        for split in ("train", "val"):
+            assert record[f"{split}_bpc"] == pytest.approx(math.log2(record[f"{split}_ppl"]))
+    last = records[-1]
+    assert f"val ppl {last['val_ppl']:.2f} ({last['val_bpc']:.3f} bpc)" in stdout
 
 
 def test_raw_run_samples_and_resumes(raw_run: tuple[Path, str], tmp_path: Path) -> None:
@@ -77,7 +84,9 @@ def test_raw_run_samples_and_resumes(raw_run: tuple[Path, str], tmp_path: Path) 
     assert proc.stdout.startswith("    def __init__(self):")
     proc = rnn_jax("eval", "--checkpoint", str(run_dir))
     assert proc.returncode == 0, proc.stderr
-    assert "bits per character" in proc.stdout
+    scored = re.match(r"step \d+: perplexity ([\d.]+) \(([\d.]+) bits per character\)", proc.stdout)
+    assert scored, proc.stdout
+    assert float(scored[2]) == pytest.approx(math.log2(float(scored[1])), abs=1e-3)
     import shutil
 
     copy = tmp_path / "run"
@@ -112,8 +121,12 @@ def test_step_budgets_record_steps(corpus: Path, tmp_path: Path) -> None:
     assert checkpoint.finished_steps(out) == [10, 25]
 
 
-def test_word_tokens_report_unknown_share(tmp_path: Path) -> None:
-    """Word tokens with --min-freq: eval reports the share of <unk> in the scored text."""
+def test_word_tokens_report_unknown_share(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Word tokens with --min-freq: eval reports the share of <unk> in the scored text;
+    on a text of 41 words whose 40 targets (B 4 x T 10, all scored) hold 10 words the
+    vocabulary lacks, exactly 25.00%."""
     out = tmp_path / "words"
     proc = rnn_jax(
         "train", "--out", str(out), "--token", "word", "--min-freq", "3", "--max-tokens",
@@ -123,6 +136,11 @@ def test_word_tokens_report_unknown_share(tmp_path: Path) -> None:
     proc = rnn_jax("eval", "--checkpoint", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "are <unk>" in proc.stdout
+    text = tmp_path / "known.txt"
+    text.write_text("the " + "and of the zzzq " * 10, "utf-8")
+    assert cli.main(["eval", "--checkpoint", str(out), "--corpus", str(text)]) == 0
+    printed = capsys.readouterr().out
+    assert "(25.00% of the scored tokens are <unk>) on 40 tokens" in printed, printed
 
 
 def test_cached_corpus_equals_fresh_tokenisation(corpus: Path, tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 
 from rnn_jax import input_pipeline, model, parallel, sample, step
 from rnn_jax.config import LINEAR_CELLS, ModelConfig, TrainConfig
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = TrainConfig(
@@ -273,21 +273,15 @@ def test_bad_meshes_and_addresses():
         parallel.initialize_distributed("127.0.0.1:1234")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_coordinator_fails_in_bounded_time():
-    result = _run("unreachable", str(_free_port()), timeout=120)
+    result = _run("unreachable", str(free_port()), timeout=120)
     assert result["type"] == "RuntimeError", result
     assert "could not reach the coordinator 127.0.0.1:" in result["error"]
     assert "\n" not in result["error"] and 5 <= result["s"] < 30
 
 
 def test_two_processes_train_as_one(tmp_path, dataset):
-    port, out = str(_free_port()), str(tmp_path / "params.npz")
+    port, out = str(free_port()), str(tmp_path / "params.npz")
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(

@@ -13,6 +13,7 @@ near two minutes on two cores.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -26,8 +27,19 @@ from pathlib import Path
 
 import pytest
 
-from rnn_jax import checkpoint, cli, report
-from tests.test_cli import CACHE, TINY, assert_one_line_error, folder_digest, leaves_digest, rnn_jax
+from rnn_jax import checkpoint, cli, data, report
+from tests.test_cli import (
+    CACHE,
+    PAUSE_S,
+    TINY,
+    assert_one_line_error,
+    folder_digest,
+    leaves_digest,
+    release,
+    rnn_jax,
+    start_paused,
+    wait_paused,
+)
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(CACHE)}
 K = 67  # steps per epoch of TINY
@@ -205,28 +217,19 @@ while not stop.exists():
 
 
 def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
-    """Faults: writer B on A's --out while A trains (A held mid-run with SIGSTOP, so the
-    race is decided: B fails at once, in use, naming A's pid; B with --resume too), B
-    again when A has finished (already holds a run); a reader samples while A saves with
-    --keep 1 (exit 0 or one clean line, never a traceback). A finishes, and its
-    checkpoints and metrics are what A wrote. The reader's first read happens while A is
-    held, it reads on while A trains, and it is stopped once it has read 3 times and A
-    has finished: events, not the machine's speed, decide every step."""
-    run_dir = tmp_path / "run"
+    """Faults: writer B on A's --out while A trains (A waits after its first record and
+    save, so the race is decided: B fails at once, in use, naming A's pid; B with --resume
+    too), B again when A has finished (already holds a run); a reader samples while A
+    saves with --keep 1, deleting the step before (exit 0 or one clean line, never a
+    traceback). A finishes, and its checkpoints and metrics are what A wrote. The reader
+    reads once while A waits at each of its first 3 records (right after a save was
+    started): events, not the machine's speed, decide every step."""
+    run_dir, pause = tmp_path / "run", tmp_path / "pause"
     args = [*TINY, "--epochs", "12", "--num-hiddens", "32", "--keep", "1"]
-    a = subprocess.Popen(
-        [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    deadline = time.monotonic() + 90
-    while not checkpoint.has_checkpoints(run_dir) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    a.send_signal(signal.SIGSTOP)
+    a = start_paused(["train", "--out", str(run_dir), *args], pause, "record")
     lines: list[str] = []
     try:
+        wait_paused(a, pause, "record")
         b = rnn_jax("train", "--out", str(run_dir), *args)
         assert_one_line_error(b, 2, "in use", f"pid {a.pid}")
         b = rnn_jax("train", "--resume", str(run_dir), "--epochs", "30")
@@ -241,14 +244,19 @@ def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
         assert reader.stdout is not None
         pump = threading.Thread(target=lambda: lines.extend(reader.stdout), daemon=True)
         pump.start()
-        _wait_for_reads(lines, 1)  # warm: the next reads are quick, and overlap A's saves
+        for record in (1, 2, 3):
+            wait_paused(a, pause, "record", record)
+            _wait_for_reads(lines, _reads(lines) + 1)  # a read while A waits after a save
+            release(pause, "record", record)
+    except BaseException:
+        a.kill()
+        raise
     finally:
-        a.send_signal(signal.SIGCONT)
-    out, err = a.communicate(timeout=240)
-    _wait_for_reads(lines, 3)
+        release(pause, "record", *range(1, 13))
+    out, err = a.communicate(timeout=PAUSE_S)
     (tmp_path / "stop").touch()
-    reader.wait(timeout=120)
-    pump.join(timeout=60)
+    reader.wait(timeout=PAUSE_S)
+    pump.join(timeout=PAUSE_S)
     reads, errors = "".join(lines), reader.stderr.read()
     reader.stdout.close()
     reader.stderr.close()
@@ -268,10 +276,14 @@ def test_second_writer_refused_while_running_and_after(tmp_path: Path) -> None:
     assert checkpoint.restore(run_dir).step == 12 * K
 
 
-def _wait_for_reads(lines: list[str], count: int, timeout: float = 180) -> None:
+def _reads(lines: list[str]) -> int:
+    return sum(line.startswith("exit ") for line in lines)
+
+
+def _wait_for_reads(lines: list[str], count: int, timeout: float = PAUSE_S) -> None:
     """Until the reader has printed ``count`` "exit" lines (its reads), or fail."""
     deadline = time.monotonic() + timeout
-    while sum(line.startswith("exit ") for line in lines) < count:
+    while _reads(lines) < count:
         assert time.monotonic() < deadline, f"{count} reads not done in {timeout} s: {lines}"
         time.sleep(0.01)
 
@@ -282,22 +294,18 @@ def _wait_for_reads(lines: list[str], count: int, timeout: float = 180) -> None:
 def test_kill_before_first_checkpoint_restarts_with_the_same_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Fault: SIGKILL once the run wrote config.json (compiling, no checkpoint yet). The
-    folder stays; --resume says to rerun with --out (one line, exit 2); the same
-    command restarts it saying so in one line and finishes."""
-    run_dir = tmp_path / "run"
+    """Fault: SIGKILL while the run waits before its first step (config.json written,
+    the step compiled, no checkpoint yet). The folder stays; --resume says to rerun with
+    --out (one line, exit 2); the same command restarts it saying so in one line and
+    finishes."""
+    run_dir, pause = tmp_path / "run", tmp_path / "pause"
     command = ["train", "--out", str(run_dir), "--epochs", "2", *TINY]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "rnn_jax", *command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=ENV,
-    )
-    deadline = time.monotonic() + 90
-    while not (run_dir / "config.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.002)
+    child = start_paused(command, pause, "start")
+    wait_paused(child, pause, "start")
+    assert (run_dir / "config.json").exists()
     child.kill()
     assert child.wait() == -signal.SIGKILL
+    child.communicate()
     assert run_dir.is_dir() and not checkpoint.has_checkpoints(run_dir)
     code, _, err = main(capsys, "train", "--resume", run_dir, "--epochs", "2")
     one_line(code, err, 2, "no finished checkpoint", f"--out {run_dir}")
@@ -355,6 +363,76 @@ def test_full_disk_exits_1_naming_the_last_good_step_and_resumes(tmp_path: Path)
         assert checkpoint.restore(run_dir).step == 3 * K
 
 
+FULL_AT_SECOND_RECORD = """
+import contextlib, errno, sys
+from unittest import mock
+from tensorboardX import record_writer
+from rnn_jax import cli, report
+
+
+def full_at_second_record(kind, stack):
+    records = []  # the records that reached the file's writer
+
+    def no_space():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def counted(append):
+        def wrapper(*args, **kwargs):
+            records.append(1)
+            if kind != "events" and len(records) >= 2:
+                no_space()
+            return append(*args, **kwargs)
+
+        return wrapper
+
+    if kind != "events":
+        name = {"metrics": "append_jsonl", "samples": "append_samples"}[kind]
+        stack.enter_context(mock.patch.object(report, name, counted(getattr(report, name))))
+        return
+    add, write = report.EventWriter.add_record, record_writer.RecordWriter.write
+    stack.enter_context(mock.patch.object(report.EventWriter, "add_record", counted(add)))
+    full = lambda self, b: no_space() if len(records) >= 2 else write(self, b)  # noqa: E731
+    stack.enter_context(mock.patch.object(record_writer.RecordWriter, "write", full))
+
+
+for kind in ("metrics", "samples", "events"):  # KINDS
+    print(f"== {kind}", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        full_at_second_record(kind, stack)
+        code = cli.main([a.replace("KIND", kind) for a in sys.argv[1:]])
+    print(kind, code, flush=True)
+"""  # for each file in turn, the disk fills at the run's second record as it is written
+KINDS = ("metrics", "samples", "events")
+
+
+def test_full_disk_while_writing_logs_exits_1(tmp_path: Path) -> None:
+    """Fault: the disk fills at the second record just as the run appends to
+    metrics.jsonl, samples.txt or its event file (that write fails with ENOSPC; one
+    process runs the three). The first record and its checkpoint (step 67) were written.
+    Each: exit 1, one line naming the error and step 67, no traceback. (The event file is
+    written in the run's thread: tensorboardX's writer thread lost the error, and the run
+    hung once its queue filled.)"""
+    args = ["train", "--out", str(tmp_path / "KIND"), "--epochs", "3", *TINY]
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_AT_SECOND_RECORD, *args, "--sample-every", "1"],
+        capture_output=True,
+        text=True,
+        timeout=PAUSE_S,
+        env=ENV,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    ends = [line for line in proc.stdout.splitlines() if line.split()[0] in KINDS]
+    assert ends == [f"{kind} 1" for kind in KINDS], proc.stdout
+    errors = proc.stderr.split("== ")[1:]
+    for kind, error in zip(KINDS, errors, strict=True):
+        lines = error.strip().splitlines()
+        assert lines[0] == kind and len(lines) == 2, error
+        for needle in ("rnn-jax: error: ", "No space left on device", f"step {K}"):
+            assert needle in lines[1], (kind, lines[1])
+        assert checkpoint.restore(tmp_path / kind).step == K
+
+
 # ----------------------------------------------------------------- 6, 9. signals mid-run
 
 
@@ -370,28 +448,21 @@ def test_signal_mid_run_saves_and_resumes_exactly(
     tmp_path: Path, signum: signal.Signals, budget: list[str]
 ) -> None:
     """Fault: SIGHUP (records every 25 steps, saves every 50: it lands between records)
-    or SIGINT (a --max-steps budget not a whole number of epochs) once the first
-    record is written. Saved, exit 128+signal, and the resumed run equals one never stopped:
-    state bitwise, and the metric records."""
-    run_dir, straight = tmp_path / "run", tmp_path / "straight"
+    or SIGINT (a --max-steps budget not a whole number of epochs), sent while the run
+    waits after its first record. It stops one step later: saved, exit 128+signal, and
+    the resumed run equals one never stopped: state bitwise, and the metric records."""
+    run_dir, straight, pause = tmp_path / "run", tmp_path / "straight", tmp_path / "pause"
     args = [*TINY, "--num-hiddens", "48", *budget]
     args[args.index("--save-every") + 1] = "1000"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "rnn_jax", "train", "--out", str(run_dir), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    deadline = time.monotonic() + 90
-    metrics = run_dir / "metrics.jsonl"  # the first record: training has begun
-    while not metrics.exists() and time.monotonic() < deadline and child.poll() is None:
-        time.sleep(0.002)
+    child = start_paused(["train", "--out", str(run_dir), *args], pause, "record")
+    wait_paused(child, pause, "record")
     child.send_signal(signum)
-    out, err = child.communicate(timeout=120)
+    release(pause, "record")
+    out, err = child.communicate(timeout=PAUSE_S)
     assert child.returncode == 128 + signum, (child.returncode, out, err)
     assert f"continue with: rnn-jax train --resume {run_dir}" in out and err == "", (out, err)
     stopped = checkpoint.restore(run_dir).step
+    assert stopped == report.read_jsonl(run_dir / "metrics.jsonl")[0]["step"] + 1
     proc = rnn_jax("train", "--resume", str(run_dir), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     proc = rnn_jax("train", "--out", str(straight), *args)
@@ -520,3 +591,117 @@ def test_info_and_best_step(trained: Path, capsys: pytest.CaptureFixture[str]) -
     assert code == 0 and out.startswith(f"step {best}: perplexity"), (out, err)
     code, out, err = main(capsys, "sample", "--checkpoint", trained, "--step", "best")
     assert code == 0 and out.startswith("time traveller"), (out, err)
+
+
+# ----------------------------------------------------------------- 11. another run's files
+
+
+def test_checkpoints_that_are_not_the_runs_own_are_refused_and_nothing_moves(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Faults: checkpoints/ a link to another run's checkpoints/; checkpoints whose
+    configs (H) or corpus fingerprint differ from config.json (another run's copied in:
+    config.json edited here, which is the same mismatch). eval, sample, info and train
+    --resume each exit 2 with one line, and neither folder changes."""
+    other = copy_of(trained, tmp_path, "other")
+    linked = copy_of(trained, tmp_path, "linked")
+    shutil.rmtree(linked / "checkpoints")
+    (linked / "checkpoints").symlink_to(other / "checkpoints")
+    cases = [(linked, ["links to", str(other / "checkpoints")])]
+    for name, section, key, value in (
+        ("wider", "model", "num_hiddens", 64),
+        ("recut", "corpus", "sha256", "f" * 64),
+    ):
+        run_dir = copy_of(trained, tmp_path, name)
+        config = json.loads((run_dir / "config.json").read_text())
+        config.setdefault(section, {})[key] = value
+        (run_dir / "config.json").write_text(json.dumps(config))
+        cases.append((run_dir, ["not this run's", key, "another run's"]))
+    for run_dir, needles in cases:
+        before = [folder_digest(run_dir), folder_digest(other)]
+        for args in (
+            ["eval", "--checkpoint", run_dir],
+            ["sample", "--checkpoint", run_dir],
+            ["info", run_dir],
+            ["train", "--resume", run_dir, "--epochs", "3"],
+        ):
+            code, _, err = main(capsys, *args)
+            one_line(code, err, 2, *needles)
+        assert [folder_digest(run_dir), folder_digest(other)] == before, run_dir
+    assert_one_line_error(rnn_jax("train", "--resume", str(linked), "--epochs", "3"), 2, "links to")
+
+
+def test_out_inside_another_run_is_refused(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Faults: --out a run's checkpoints/, a folder below a run folder, a folder below a
+    link to a run; a seed sweep's --out inside a run. One line, exit 2, nothing made."""
+    run_dir = copy_of(trained, tmp_path)
+    (tmp_path / "link").symlink_to(run_dir)
+    before = folder_digest(run_dir)
+    outs = [run_dir / "checkpoints", run_dir / "sub" / "new", tmp_path / "link" / "new"]
+    for out in outs:
+        code, _, err = main(capsys, "train", "--out", out, "--epochs", "1", *TINY)
+        one_line(code, err, 2, f"--out {out} lies inside the run folder {run_dir}")
+    code, _, err = main(capsys, "train", "--seeds", "0,1", "--out", outs[1], *TINY)
+    one_line(code, err, 2, "lies inside the run folder")
+    assert folder_digest(run_dir) == before and not (run_dir / "sub").exists()
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path) -> Iterator[bool]:
+    """``path`` made a folder this process cannot write (True): mode 555, or for root,
+    whom modes do not stop, a read-only tmpfs where mount is allowed; else False."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield True
+        path.chmod(0o755)
+        return
+    command = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)]
+    mounted = subprocess.run(command, capture_output=True, check=False).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_unusable_cache_dir_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Faults: --cache-dir a file; --cache-dir a read-only folder (and one to be made
+    in it). One line naming --cache-dir and --no-cache, exit 2, no run folder."""
+    corpus, new = tmp_path / "corpus.txt", tmp_path / "new"
+    corpus.write_text(data.read_text()[:3000], "utf-8")
+    (tmp_path / "file").write_text("not a folder")
+    args = ["train", "--out", new, "--corpus", corpus, "--epochs", "1", *TINY]
+    with read_only_folder(tmp_path / "ro") as read_only:
+        folders = [tmp_path / "file"]
+        if read_only:
+            folders += [tmp_path / "ro", tmp_path / "ro" / "sub"]
+        for folder in folders:
+            code, _, err = main(capsys, *args, "--cache-dir", folder)
+            one_line(code, err, 2, f"--cache-dir {folder}: ", "--no-cache")
+            assert not new.exists()
+
+
+def test_unreadable_config_json_refuses_resume(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Faults: config.json cut mid-object, replaced by a list, deleted. --resume is one
+    line naming the file, exit 2, nothing changed (before, it resumed with the default
+    run settings and wrote them over the run's)."""
+    for i, damage in enumerate(("cut", "list", "delete")):
+        run_dir = copy_of(trained, tmp_path, f"case{i}")
+        config = run_dir / "config.json"
+        if damage == "cut":
+            config.write_bytes(config.read_bytes()[:100])
+        elif damage == "list":
+            config.write_text("[]")
+        else:
+            config.unlink()
+        before = folder_digest(run_dir)
+        code, _, err = main(capsys, "train", "--resume", run_dir, "--epochs", "3")
+        one_line(code, err, 2, f"{config} cannot be read")
+        assert folder_digest(run_dir) == before, damage

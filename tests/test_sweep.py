@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 
 import jax
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoint, input_pipeline, loop, run_folder, sweep
+from rnn_jax import checkpoint, cli, input_pipeline, loop, run_folder, sweep
 from rnn_jax.config import ModelConfig, TrainConfig
 
 TOL = 2e-6  # see the module docstring: measured 2.4e-7 (params), 5.7e-7 (records)
@@ -197,3 +198,36 @@ def test_both_modes_validate_on_eval_tokens(dataset) -> None:
     for v, solo in zip(vmapped, looped, strict=True):
         for rv, rs in zip(v.history, solo.history, strict=True):
             assert rv["val_ppl"] == pytest.approx(rs["val_ppl"], rel=TOL)
+
+
+def test_seeds_from_the_command_line(tmp_path, capsys) -> None:
+    """``rnn-jax train --seeds 0,1`` with ``--sweep vmap`` and ``--sweep loop``: each
+    prints the members and the mode, the mean, std, min and max of the members' final
+    perplexities (the values sweep.json records), and where it wrote; the folder holds
+    sweep.json, the parent plot and each member's run folder, whose last checkpoint
+    restores; the two modes' members agree within TOL."""
+    args = ["--max-tokens", "2000", "--num-hiddens", str(HIDDENS), "--batch-size", "8"]
+    args += ["--num-steps", "10", "--epochs", "2", "--sample-every", "0", "--no-progress"]
+    finals = {}
+    for mode in ("vmap", "loop"):
+        out = tmp_path / mode
+        code = cli.main(["train", "--seeds", "0,1", "--sweep", mode, "--out", str(out), *args])
+        printed = capsys.readouterr().out
+        assert code == 0, printed
+        summary = json.loads((out / sweep.SWEEP_JSON).read_text())
+        assert summary["mode"] == mode and [m["seed"] for m in summary["members"]] == [0, 1]
+        assert (out / run_folder.PLOT).stat().st_size > 0
+        assert f"2 members (seeds 0, 1), {mode}" in printed
+        for key, name in (("final_train_ppl", ""), ("final_val_ppl", "validation ")):
+            values = [m[key] for m in summary["members"]]
+            mean, std = statistics.mean(values), statistics.stdev(values)
+            line = f"mean {mean:.3f}, std {std:.3f}, min {min(values):.3f}, max {max(values):.3f}"
+            assert f"{name}perplexity: {line} over 2 members" in printed.splitlines(), printed
+        assert f"done: 2 members (0 diverged); run folder {out}" in printed
+        for member in summary["members"]:
+            records = (out / member["folder"] / run_folder.METRICS).read_text().splitlines()
+            last = json.loads(records[-1])
+            assert last["train_ppl"] == member["final_train_ppl"]
+            assert checkpoint.restore(out / member["folder"]).step == last["step"]
+        finals[mode] = [(m["final_train_ppl"], m["final_val_ppl"]) for m in summary["members"]]
+    np.testing.assert_allclose(finals["vmap"], finals["loop"], rtol=TOL)
