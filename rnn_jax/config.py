@@ -277,9 +277,15 @@ class RunConfig:
     )
     cache: bool = option(True, "cache the tokens of your corpus (see --cache-dir)")
     tensorboard: bool = option(True, "write TensorBoard event files into the run folder")
+    heartbeat_timeout: int = option(
+        100,
+        "several processes: seconds without a heartbeat after which a process counts as "
+        "dead and the others stop (jax.distributed's heartbeat timeout)",
+        metavar="S",
+    )
 
     def __post_init__(self) -> None:
-        _positive(self, "save_every", "keep")
+        _positive(self, "save_every", "keep", "heartbeat_timeout")
         _integers(self, ("save_every_steps",), 0)
         _positive(self, "devices", optional=True)
 
