@@ -106,6 +106,9 @@ class CheckpointConfig:
 
     keep: int = 3  # keep the latest this many checkpoints
     keep_best: bool = True  # also keep the one with the best validation perplexity
+    # Seconds a save may take, waiting for the other processes included: a process that
+    # died mid-save fails the others' save after this long (None: Orbax's 20 minutes).
+    timeout_s: int | None = None
 
     def __post_init__(self) -> None:
         if self.keep <= 0:
@@ -179,6 +182,7 @@ def open_manager(
         read_only=read_only,
         create=not read_only,
         save_interval_steps=0 if read_only else 1,
+        async_options=None if config.timeout_s is None else ocp.AsyncOptions(config.timeout_s),
     )
     return _Manager(checkpoint_dir(run_dir), options=options)
 

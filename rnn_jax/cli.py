@@ -198,7 +198,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         type=str,
         default="60",
         metavar="S",
-        help="seconds to wait for the coordinator (default: 60)",
+        help="seconds to wait for the other processes: to join, and at each checkpoint they "
+        "save together (default: 60)",
     )
     add_config_flags(train, ModelConfig, exclude=("vocab_size",))
     add_config_flags(train, TrainConfig)

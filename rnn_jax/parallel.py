@@ -335,11 +335,12 @@ def agreed_stop(received: int | None, sync_id: int) -> int | None:
 
 
 # Failures of a collective or of the coordination service that mean a process is gone:
-# gloo's "Connection reset/closed by peer" at once, a barrier or key-value call once
-# the coordination service has declared the process dead or is itself gone.
+# gloo's "Connection reset/closed by peer" at once, a barrier that timed out waiting for
+# it (a save's), a barrier or key-value call once the coordination service has declared
+# the process dead or is itself gone.
 _LOST = re.compile(
-    r"Gloo .*failed|Connection (reset|closed|refused)|heartbeat|Barrier failed|UNAVAILABLE|"
-    r"coordination service",
+    r"Gloo .*failed|Connection (reset|closed|refused)|heartbeat|Barrier (failed|timed out)|"
+    r"UNAVAILABLE|coordination service",
     re.IGNORECASE,
 )
 

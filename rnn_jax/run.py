@@ -148,7 +148,8 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         signals.check()
         if main:
             lock.claim()
-        return _train(prepared, signals, echo, request.progress if main else False)
+        save_timeout = request.distributed_timeout if jax.process_count() > 1 else None
+        return _train(prepared, signals, echo, request.progress if main else False, save_timeout)
     except BaseException as err:  # a signal, bad input, a failure: a folder this run made
         # and never checkpointed is not left behind
         if created and not checkpoint.has_checkpoints(run_dir):
@@ -253,13 +254,19 @@ def _open_resumed_folder(
 
 
 def _train(
-    prepared: Prepared, signals: Signals, echo: Callable[[str], None], progress: bool | None
+    prepared: Prepared,
+    signals: Signals,
+    echo: Callable[[str], None],
+    progress: bool | None,
+    save_timeout: int | None = None,
 ) -> Outcome:
-    """Train the prepared run to its budget or a signal; map failures to ``RunError``."""
+    """Train the prepared run to its budget or a signal; map failures to ``RunError``.
+    ``save_timeout``: seconds a save may wait for the other processes."""
     run_dir, restored = prepared.run_dir, prepared.restored
     main = parallel.is_main_process()
     run_config = prepared.run_config
-    manager = checkpoint.open_manager(run_dir, checkpoint.CheckpointConfig(keep=run_config.keep))
+    options = checkpoint.CheckpointConfig(keep=run_config.keep, timeout_s=save_timeout)
+    manager = checkpoint.open_manager(run_dir, options)
     save, stop = _actions(prepared, manager, signals, echo)
     try:
         result = loop.fit(

@@ -66,25 +66,36 @@ K = 67  # steps per epoch of TINY
 KEYS = ("epoch", "step", "train_ppl", "val_ppl", "grad_norm")
 SIGNALS = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# JAX's client's own fatal error, printed (C++, whatever the log level) the moment it
+# loses the coordination service (process 0 killed): rnn-jax cannot replace it.
+JAX_FATAL = re.compile(
+    r"^(F\d{4} .* client\.h:\d+\] Terminating process because the JAX distributed service"
+    r"|Additional GRPC error information from remote target coordination_service"
+    r"|:UNKNOWN:Error received from peer)"
+)
 HOSTS = [*TINY, "--batch-size", "8"]  # two processes of 4 rows each
 HOSTS_K = 33  # steps per epoch of HOSTS
-HOSTS_FAULTS = ("signal", "kill", "kill during a save")
+HOSTS_FAULTS = ("signal", "kill", "kill during a save", "kill while a save waits")
 
-# ``python -c BLOCK_SAVE MARKER N train ...``: the CLI, whose N-th save stops in flight:
-# once this process has written its part, before the processes agree it is complete, the
-# marker file appears and the whole process stops (SIGSTOP), as a host that freezes
-# mid-save, until it is killed.
+# ``python -c BLOCK_SAVE MARKER N HOW train ...``: the CLI, whose N-th save stays in
+# flight: once this process has written its part, before the processes agree it is
+# complete, the marker file appears and, with HOW "stop", the whole process stops
+# (SIGSTOP: a host that freezes mid-save, the others soon wait for it in a collective);
+# with "hang", its part of the save never ends while it trains on (the others wait for
+# it in the next save's barrier).
 BLOCK_SAVE = """
-import os, runpy, signal, sys
+import os, runpy, signal, sys, threading
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the CLI sets it, before JAX loads
 from orbax.checkpoint._src.checkpointers import async_checkpointer
-marker, nth = sys.argv.pop(1), int(sys.argv.pop(1))
+marker, nth, how = sys.argv.pop(1), int(sys.argv.pop(1)), sys.argv.pop(1)
 commit, saves = async_checkpointer._background_wait_for_commit_futures, []
 def blocked(*args, **kwargs):
     saves.append(1)
     if len(saves) == nth:
         open(marker, "w").close()
-        os.kill(os.getpid(), signal.SIGSTOP)
+        if how == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        threading.Event().wait()
     return commit(*args, **kwargs)
 async_checkpointer._background_wait_for_commit_futures = blocked
 sys.argv[0] = "rnn_jax"
@@ -186,9 +197,11 @@ class Campaign:
             "XDG_CACHE_HOME": cache,
             "PYTHONPATH": str(ROOT),
         }
+        self.env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI's own choice of JAX's C++ log
         self.count = 0
         self.references: dict[int, Path] = {}  # epochs -> an uninterrupted run on 2 devices
         self.seconds: dict[str, list[float]] = {}  # from a fault to a process's exit
+        self.jax_fatal = 0  # survivors that printed JAX's fatal error before their line
 
     # ------------------------------------------------------------------ helpers
 
@@ -551,8 +564,8 @@ class Campaign:
             fault, target = faults[(first + i) % len(faults)], self.rng.choice(targets)
             signum = self.rng.choice(STOPS) if fault == "signal" else signal.SIGKILL
             delay, nth = round(self.rng.uniform(0.0, 1.0), 2), self.rng.randrange(2, 4)
-            if fault == "kill during a save":
-                name = f"kill -9 of process {target} during its save number {nth}"
+            if "save" in fault:
+                name = f"{fault.replace('kill', 'kill -9')}: process {target}, save {nth}"
             else:
                 what = signal.Signals(signum).name if fault == "signal" else "kill -9"
                 name = f"{what} to process {target} {delay:.2f} s after the first checkpoint"
@@ -570,13 +583,21 @@ class Campaign:
 
         run_dir = self.path(f"hosts-{fault.replace(' ', '-')}")
         marker = run_dir.with_name(run_dir.name + ".saving")
-        wrap = {target: [BLOCK_SAVE, str(marker), str(nth)]} if "save" in fault else None
-        args = ["--out", str(run_dir), *HOSTS, "--epochs", "1000"]
+        how = "hang" if fault == "kill while a save waits" else "stop"
+        wrap = {target: [BLOCK_SAVE, str(marker), str(nth), how]} if "save" in fault else None
+        args = ["--out", str(run_dir), *HOSTS, "--epochs", "1000", "--distributed-timeout", "10"]
         pair = TwoProcesses(run_dir.with_name(run_dir.name + ".output"), args, self.env, wrap)
-        event = marker if wrap else checkpoint.checkpoint_dir(run_dir) / str(HOSTS_K)
+        first = checkpoint.checkpoint_dir(run_dir) / str(HOSTS_K)
+        metrics = run_dir / "metrics.jsonl"
+
+        def ready() -> bool:
+            if how == "hang" and wrap:  # process 0 wrote the next record: both wait to save
+                return metrics.exists() and len(metrics.read_text().splitlines()) > nth
+            return (marker if wrap else first).exists()
+
         try:
-            wait_until(lambda: event.exists() or pair.exited(), 300, f"{event.name}")
-            if not wrap:
+            wait_until(lambda: ready() or pair.exited(), 300, "the moment of the fault")
+            if how == "hang" or not wrap:
                 time.sleep(delay)  # the random moment; every outcome is checked below
             sent = time.monotonic()
             pair.procs[target].send_signal(signum)
@@ -616,18 +637,20 @@ class Campaign:
             return f"process 0 did not say which step it saved: {_tail(pair.text(0, 'out'))}", 0
         return None, int(saved.group(1))
 
-    @staticmethod
     def _survivor(
-        pair: TwoProcesses, codes: list[int | None], survivor: int, steps: list[int]
+        self, pair: TwoProcesses, codes: list[int | None], survivor: int, steps: list[int]
     ) -> str | None:
         """The survivor exited 1 with one line naming the lost process and the last good
-        step; none of JAX's fatal error, no traceback."""
+        step, no traceback; nothing else on stderr but JAX's fatal error (``JAX_FATAL``)
+        when the coordinator was lost (counted in ``jax_fatal``)."""
         err, lost = pair.text(survivor, "err"), 1 - survivor
         if codes[survivor] == -signal.SIGABRT and "Terminating process" in err:
             return f"JAX's client ended process {survivor} (SIGABRT) before rnn-jax's line"
         if codes[survivor] != 1 or "Traceback" in err:
             return f"process {survivor} exit {codes[survivor]}: {_tail(err)}"
-        lines = err.strip().splitlines()
+        lines = [line for line in err.strip().splitlines() if not JAX_FATAL.match(line)]
+        if len(lines) < len(err.strip().splitlines()):
+            self.jax_fatal += 1
         expected = f"rnn-jax: error: process {lost} of 2"
         if len(lines) != 1 or not lines[0].startswith(expected) or "unreachable" not in err:
             return f"{len(lines)} stderr lines, not one naming process {lost}: {_tail(err)}"
@@ -681,6 +704,8 @@ class Campaign:
                     f"{max(seconds):.2f} s (median {sorted(seconds)[len(seconds) // 2]:.2f} s, "
                     f"{len(seconds)} exits)"
                 )
+        if self.jax_fatal:
+            lines.append(f"\n{self.jax_fatal} survivor(s) printed JAX's fatal error too")
         failures = [t for t in self.trials if t.problem is not None]
         if failures:
             lines += ["", "Failing cases:", ""]
@@ -757,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         "disk full": lambda: campaign.disk_full(
             [0, 100, 2_000, 8_000, 30_000, 40_000], ["100k", "150k", "220k"]
         ),
-        "processes": lambda: campaign.processes(12, HOSTS_FAULTS, (0, 1)),
+        "processes": lambda: campaign.processes(16, HOSTS_FAULTS, (0, 1)),
     }
     try:
         for category, run in (quick if args.quick else full).items():
