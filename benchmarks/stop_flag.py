@@ -7,9 +7,11 @@ Before: ``parallel.any_process(flag)``, one ``process_allgather`` of the flag af
 step (a collective, and the host waits for the step to finish). Now: JAX's preemption
 sync point (``parallel.agreed_stop``), a lock per step, no collective. Each of the two
 processes (one CPU device each, gloo) trains a tiny GRU (H 16, B 8, T 10) with
-``loop.fit`` and no validation, once with neither, once with each flag, in interleaved
-rounds; it also times the bare call, 2,000 times. Prints the medians in microseconds per
-step. Measured on 2026-12-02 (the 2-core VM, shared): see the table in
+``loop.fit`` and no validation, once with neither, once with each flag, in rounds that
+put each variant first in turn, timing how long the flag holds the loop each step (the
+allgather waits for the step to finish); it also times the bare call, 2,000 times.
+Prints medians (and the fastest fit) in microseconds per step. Measured on 2026-12-02
+(the 2-core VM, shared with other work, so the fits' times scatter): see
 ``docs/faults.md``.
 """
 
@@ -45,6 +47,22 @@ def child(process_id: int, port: int, rounds: int, epochs: int) -> None:
             flags = multihost_utils.process_allgather(np.asarray(False, np.int32))
             return bool(np.asarray(flags).any())
 
+    class Timed(actions.Action):
+        """A flag whose ``after_step`` is timed: how long it holds the loop each step."""
+
+        def __init__(self, flag: actions.Action) -> None:
+            self.flag, self.seconds, self.calls = flag, 0.0, 0
+
+        def start(self, state: object) -> None:
+            self.flag.start(state)
+
+        def after_step(self, at: actions.At) -> bool:
+            started = time.perf_counter()
+            stop = self.flag.after_step(at)
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+            return stop
+
     config = TrainConfig(
         max_tokens=3000, batch_size=8, num_steps=10, num_epochs=epochs, eval_every=0,
         sample_every=0,
@@ -54,20 +72,25 @@ def child(process_id: int, port: int, rounds: int, epochs: int) -> None:
     mesh = parallel.make_mesh()
     variants = {
         "no flag": list,
-        "before: allgather per step": lambda: [AllGatherFlag()],
-        "now: preemption sync point": lambda: [actions.StopWhen(lambda: None)],
+        "before: allgather per step": lambda: [Timed(AllGatherFlag())],
+        "now: preemption sync point": lambda: [Timed(actions.StopWhen(lambda: None))],
     }
     per_step: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, make in variants.items():
+    in_loop: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in names[r % 3 :] + names[: r % 3]:  # each variant first in turn
+            flags = variants[name]()
             started = time.perf_counter()
             result = loop.fit(
-                model_config, config, dataset, actions=make(), mesh=mesh,
+                model_config, config, dataset, actions=flags, mesh=mesh,
                 echo=lambda _: None, progress=False,
             )  # fmt: skip
             jax.block_until_ready(result.state)
             wall = time.perf_counter() - started - result.compile_s
             per_step[name].append(wall / int(result.state.step) * 1e6)
+            for flag in flags:
+                in_loop[name].append(flag.seconds / flag.calls * 1e6)
     calls = {
         "before: allgather per step": lambda i: multihost_utils.process_allgather(
             np.asarray(False, np.int32)
@@ -83,13 +106,14 @@ def child(process_id: int, port: int, rounds: int, epochs: int) -> None:
     if process_id == 0:
         steps = int(result.state.step)
         base = statistics.median(per_step["no flag"])
-        print(f"two processes, {steps} steps per fit, {rounds} rounds (medians, us per step)\n")
-        print("| flag | step, wall | the flag's share | the call alone |")
-        print("|---|---:|---:|---:|")
+        print(f"two processes, {steps} steps per fit, {rounds} rounds (us per step)\n")
+        print("| flag | in the loop | the call alone | step (median, fastest) | vs no flag |")
+        print("|---|---:|---:|---:|---:|")
         for name, values in per_step.items():
-            median = statistics.median(values)
+            median, low = statistics.median(values), min(values)
+            held = f"{statistics.median(in_loop[name]):.1f}" if in_loop[name] else ""
             alone = f"{bare[name]:.1f}" if name in bare else ""
-            print(f"| {name} | {median:.0f} | {median - base:+.0f} | {alone} |")
+            print(f"| {name} | {held} | {alone} | {median:.0f}, {low:.0f} | {median - base:+.0f} |")
 
 
 def main() -> None:
