@@ -279,8 +279,8 @@ class RunConfig:
     tensorboard: bool = option(True, "write TensorBoard event files into the run folder")
     heartbeat_timeout: int = option(
         100,
-        "several processes: seconds without a heartbeat after which a process counts as "
-        "dead and the others stop (jax.distributed's heartbeat timeout)",
+        "several processes: seconds a process may go silent (hang) before the coordination "
+        "service declares it dead and JAX ends the others (jax.distributed's heartbeat timeout)",
         metavar="S",
     )
 
