@@ -27,6 +27,7 @@ process 0 alone prints and writes files.
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from rnn_jax.config import ModelConfig, RunConfig, TrainConfig
 from rnn_jax.data import Vocab
 from rnn_jax.loss import bits_per_token, perplexity
 from rnn_jax.model import Params
+from rnn_jax.signals import Interrupted
 from rnn_jax.step import TrainState
 
 
@@ -201,19 +203,33 @@ class Sample(Action):
 
 
 class StopWhen(Action):
-    """Stop after the step at which ``flag()`` is true on any process (all processes then
-    stop at the same step: asking is a collective with several). ``on_start`` runs
-    before the first step (``Signals.start_training``)."""
+    """Stop after the step at which a signal arrived: ``received()`` is its number, or
+    None. With several processes they all stop after the same step, the one they agree on
+    (``parallel.agreed_stop``), and ``signum`` is the signal they agree it was. Asked once
+    before the first step too, after ``on_start`` (``Signals.start_training``): a signal
+    there raises ``Interrupted``, nothing trained."""
 
-    def __init__(self, flag: Callable[[], bool], on_start: Callable[[], None] | None = None):
-        self.flag, self.on_start = flag, on_start
+    def __init__(
+        self, received: Callable[[], int | None], on_start: Callable[[], None] | None = None
+    ) -> None:
+        self.received, self.on_start = received, on_start
+        self.signum: int | None = None
+        self.asked = 0  # the sync id: calls of agreed_stop, the same count on every process
 
     def start(self, state: TrainState) -> None:
         if self.on_start is not None:
             self.on_start()
+        if self._agree() is not None:
+            name = signal.Signals(self.signum).name
+            raise Interrupted(self.signum, f"{name} before training started; stopped")
 
     def after_step(self, at: At) -> bool:
-        return parallel.any_process(self.flag())
+        return self._agree() is not None
+
+    def _agree(self) -> int | None:
+        self.asked += 1
+        self.signum = parallel.agreed_stop(self.received(), self.asked)
+        return self.signum
 
 
 class Save(Action):

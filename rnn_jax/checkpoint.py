@@ -107,6 +107,9 @@ class CheckpointConfig:
 
     keep: int = 3  # keep the latest this many checkpoints
     keep_best: bool = True  # also keep the one with the best validation perplexity
+    # Seconds a save may take, waiting for the other processes included: a process that
+    # died mid-save fails the others' save after this long (None: Orbax's 20 minutes).
+    timeout_s: int | None = None
 
     def __post_init__(self) -> None:
         if self.keep <= 0:
@@ -152,6 +155,17 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir).absolute() / CHECKPOINTS
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager without its own questions to JAX's preemption sync point. The sync
+    point answers True at exactly one id, the next after the largest any process had
+    passed when a SIGTERM arrived; the loop owns those ids (``parallel.agreed_stop``, one
+    per step), and Orbax would pass checkpoint steps, from its finalizing thread too,
+    making a process look behind and miss the id the others stop at."""
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 def open_manager(
     run_dir: Path, config: CheckpointConfig, *, read_only: bool = False
 ) -> ocp.CheckpointManager:
@@ -174,8 +188,9 @@ def open_manager(
         read_only=read_only,
         create=not read_only,
         save_interval_steps=0 if read_only else 1,
+        async_options=None if config.timeout_s is None else ocp.AsyncOptions(config.timeout_s),
     )
-    return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options)
+    return _Manager(checkpoint_dir(run_dir), options=options)
 
 
 def _items(state: TrainState, key: Any) -> dict[str, Any]:
@@ -240,16 +255,16 @@ def save(
     the checksums are computed from those host copies. Arrays spread over several
     processes are handed to Orbax as they are (its multi-host contract: every process
     calls ``save`` with its shards, and Orbax copies them to host before ``save``
-    returns); no process holds their bytes, so such a checkpoint records no array
-    checksums and its arrays are not verified on restore (its ``meta`` still is).
+    returns); their checksums are of the whole arrays, gathered from every process
+    (``parallel.host_copy``: a gather per array at each save), so that whatever restores
+    them, on any number of processes, verifies every byte.
     """
     step = int(state.step)
     items = _items(state, jax.random.key_data(state.key))
+    copies = {name: parallel.host_copy(tree) for name, tree in items.items()}
+    arrays = {name: _digests(tree) for name, tree in copies.items()}
     if all(_addressable(leaf) for leaf in jax.tree.leaves(items)):
-        items = jax.tree.map(np.array, jax.device_get(items))  # own copies, never views
-        arrays = {name: _digests(tree) for name, tree in items.items()}
-    else:
-        arrays = {name: None for name in items}
+        items = copies
     meta = {
         "format": FORMAT,
         "step": step,
@@ -336,11 +351,9 @@ def _json_digest(value: Any) -> str:
 def _verify_arrays(
     run_dir: Path, step: int, item: str, tree: Any, expected: dict[str, str] | None
 ) -> None:
-    if expected is None:  # saved from several processes: no checksums recorded
+    if expected is None:  # saved from several processes before they recorded checksums
         return
-    if not all(_addressable(leaf) for leaf in jax.tree.leaves(tree)):
-        return  # restored across processes: no process can read every byte
-    actual = _digests(tree)
+    actual = _digests(parallel.host_copy(tree))
     for key in sorted(set(actual) | set(expected)):
         if key not in expected:
             problem = f"{item}{key} has no recorded checksum"

@@ -200,7 +200,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         type=str,
         default="60",
         metavar="S",
-        help="seconds to wait for the coordinator (default: 60)",
+        help="seconds to wait for the other processes: to join, and at each checkpoint they "
+        "save together (default: 60)",
     )
     add_config_flags(train, ModelConfig, exclude=("vocab_size",))
     add_config_flags(train, TrainConfig)
@@ -445,6 +446,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"rnn-jax: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    # JAX's C++ runtime reads its log level when it loads: errors only; with several
+    # processes fatal errors only, as the run reports a lost process in its own line
+    # (its coordination service logs every failed barrier and heartbeat as an error).
+    hosts = args.command == "train" and (args.coordinator or args.num_processes)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if hosts else "2")
     # The one late import: the library loads JAX, which must start after the signal
     # handlers above, so that a signal during its start-up is noted, not lost.
     from rnn_jax import checkpoint, export, readers, run
@@ -452,7 +458,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax and JAX log INFO and WARNING
     checkpoint.quiet_orbax_logs()
     checkpoint.quiet_orbax_unraisables()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         if args.command == "train":
             return run.train_from_request(run.TrainRequest(**train_request(args)), signals)
@@ -471,6 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as err:
         print(f"rnn-jax: {err}", file=sys.stderr)
         return 128 + err.signum
+    except run.ProcessLostError as err:
+        print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_FAILED)  # now: jax.distributed's shutdown would wait for the lost process
     except run.RunError as err:
         print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED

@@ -307,9 +307,15 @@ class RunConfig:
     )
     cache: bool = option(True, "cache the tokens of your corpus (see --cache-dir)")
     tensorboard: bool = option(True, "write TensorBoard event files into the run folder")
+    heartbeat_timeout: int = option(
+        100,
+        "several processes: seconds a process may go silent (hang) before the coordination "
+        "service declares it dead and JAX ends the others (jax.distributed's heartbeat timeout)",
+        metavar="S",
+    )
 
     def __post_init__(self) -> None:
-        _positive(self, "save_every", "keep")
+        _positive(self, "save_every", "keep", "heartbeat_timeout")
         _integers(self, ("save_every_steps",), 0)
         _positive(self, "devices", optional=True)
 

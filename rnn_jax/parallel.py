@@ -25,12 +25,21 @@ devices of all processes; each process holds the rows ``process_rows(B, mesh)`` 
 minibatch (a fixed block of the B streams, so in the sequential partition each process
 carries the hidden state of its own rows) and ``put_batch`` assembles the global array
 from every process's rows. ``is_main_process`` says who prints and writes files.
+
+How several processes stop. A signal to any one of them stops all of them after the
+same step: JAX's preemption notifier (installed by ``jax.distributed.initialize``) takes
+SIGTERM, tells every process through the coordination service, and they agree in the
+background on the step to stop at, which ``agreed_stop`` asks about after each step for
+the cost of a lock (no collective). A process that dies instead makes the next collective
+of the others fail: ``lost_process`` tells that failure from any other and says who is
+gone.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -173,6 +182,7 @@ def initialize_distributed(
     num_processes: int | None = None,
     process_id: int | None = None,
     timeout_s: int = 60,
+    heartbeat_timeout_s: int = 100,
 ) -> None:
     """Join a multi-process run: ``jax.distributed.initialize``, before any other JAX call.
 
@@ -180,7 +190,11 @@ def initialize_distributed(
     ``JAX_COORDINATOR_ADDRESS`` environment variables). Otherwise ``coordinator`` is
     process 0's ``HOST:PORT``, which process 0 serves and every process connects to.
     CPU devices talk through gloo collectives. A coordinator that cannot be reached
-    raises ``RuntimeError`` after ``timeout_s`` seconds.
+    raises ``RuntimeError`` after ``timeout_s`` seconds. A process that sends no
+    heartbeat for ``heartbeat_timeout_s`` seconds is declared dead by the coordination
+    service, which then ends every other process (JAX's own fatal error), the bound on
+    how long a process waits for a peer that hangs. The preemption service (SIGTERM ->
+    ``agreed_stop``) is switched on.
     """
     given = (coordinator, num_processes, process_id)
     if any(v is not None for v in given) and any(v is None for v in given):
@@ -194,14 +208,20 @@ def initialize_distributed(
             raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}")
         if not _is_int(process_id) or not 0 <= process_id < num_processes:
             raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id!r}")
-    if not _is_int(timeout_s) or timeout_s < 1:
-        raise ValueError(f"timeout_s must be a positive integer, got {timeout_s!r}")
+    for name, value in (("timeout_s", timeout_s), ("heartbeat_timeout_s", heartbeat_timeout_s)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if coordinator is not None and process_id != 0:
         _wait_for(coordinator, timeout_s)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_enable_preemption_service", True)
     try:
         jax.distributed.initialize(
-            coordinator, num_processes, process_id, initialization_timeout=timeout_s
+            coordinator,
+            num_processes,
+            process_id,
+            initialization_timeout=timeout_s,
+            heartbeat_timeout_seconds=heartbeat_timeout_s,
         )
     except Exception as err:  # jax raises XlaRuntimeError (a RuntimeError) with a long log
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -281,14 +301,74 @@ def mesh_for(devices: int | None) -> Mesh | None:
     return None if N == 1 else make_mesh(N)
 
 
-def any_process(flag: bool) -> bool:
-    """Whether ``flag`` is set on any process (itself, with one process). The loop asks
-    this after every step, so that a signal delivered to one process stops all of them
-    at the same step, where they save together; a process that stopped alone would leave
-    the others waiting in the next collective."""
-    if jax.process_count() == 1:
-        return flag
+def host_copy(tree: Any) -> Any:
+    """Every leaf's whole value as a NumPy array on this host, from this process's
+    devices, or gathered from every process for arrays spread over several (a collective:
+    all processes call it)."""
+    if all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree.leaves(tree)):
+        return jax.tree.map(np.array, jax.device_get(tree))  # own copies, never views
     from jax.experimental import multihost_utils
 
-    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
-    return bool(np.asarray(flags).any())
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def agreed_stop(received: int | None, sync_id: int) -> int | None:
+    """Whether to stop here: the number of the signal that asks it, or None to go on.
+    Asked before the first step (``sync_id`` 1) and after every step (2, 3, ...: one more
+    at each call, on every process).
+
+    One process: the signal it ``received``, if any. Several (``jax.distributed``): JAX's
+    preemption sync point, the same answer on every process: it is reached at the id
+    that JAX's notifier and its background protocol agreed on once any process was sent
+    SIGTERM (every process reports the last id it asked about; the largest plus one
+    wins); asking costs a lock. There one collective says which signal it was (the first
+    process's that saw one in Python; SIGTERM if none did: JAX's notifier took it).
+    """
+    if not jax.distributed.is_initialized():
+        return received
+    from jax.experimental import multihost_utils
+
+    if not multihost_utils.reached_preemption_sync_point(sync_id):
+        return None
+    seen = multihost_utils.process_allgather(np.asarray(received or 0, np.int32))
+    return next((int(s) for s in np.ravel(seen) if s), int(signal.SIGTERM))
+
+
+# Failures of a collective or of the coordination service that mean a process is gone:
+# gloo's "Connection reset/closed by peer" at once, a barrier that timed out waiting for
+# it (a save's), a barrier or key-value call once the coordination service has declared
+# the process dead or is itself gone.
+_LOST = re.compile(
+    r"Gloo .*failed|Connection (reset|closed|refused)|heartbeat|Barrier (failed|timed out)|"
+    r"UNAVAILABLE|coordination service",
+    re.IGNORECASE,
+)
+
+
+# What that failure's first line says besides: XLA's wrappers and gloo's source location.
+_NOISE = re.compile(
+    r"(INTERNAL: |UNKNOWN: )?(Error dispatching computation: )+|\[external/[^\]]*\] ?"
+)
+
+
+def lost_process(err: BaseException) -> str | None:
+    """None unless ``err`` (or an error it was raised from) is a failed collective or
+    coordination call of a multi-process run; then which process is unreachable and the
+    failure, in words. With two processes it is the other one (process 0 hosts the
+    coordination service); with more, only the failure's own words can tell (gloo names
+    the peer's address)."""
+    if not jax.distributed.is_initialized():
+        return None
+    cause: BaseException | None = err
+    while cause is not None and not _LOST.search(str(cause)):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    P, other = jax.process_count(), 1 - jax.process_index()
+    if P == 2:
+        who = f"process {other} of 2{' (the coordinator)' if other == 0 else ''}"
+    else:
+        who = f"another of the {P} processes"
+    detail = _NOISE.sub("", str(cause).strip().splitlines()[0])
+    detail = detail if len(detail) <= 200 else detail[:197] + "..."
+    return f"{who} is unreachable ({detail})"

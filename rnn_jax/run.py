@@ -18,7 +18,8 @@
 
 ``execute(request)`` runs it and returns an ``Outcome`` or raises: ``Interrupted``
 (a signal before training started: nothing is left but a restartable folder),
-``RunError`` (exit 1: the run broke, the message names the last good checkpoint) or
+``RunError`` (exit 1: the run broke, the message names the last good checkpoint; its
+``ProcessLostError`` when another process of a multi-process run is gone) or
 ``ValueError``/``OSError``/``CheckpointError`` (bad input: nothing was written).
 ``train_from_request`` is the command line's: it prints and returns the exit status.
 ``train`` is the experiments'. With several processes, process 0 alone prints, owns the
@@ -77,6 +78,13 @@ class RunError(Exception):
     names the last good checkpoint."""
 
 
+class ProcessLostError(RunError):
+    """Another process of a multi-process run is gone: a collective or a barrier failed.
+    The message says which, the last good checkpoint and the command that resumes. The
+    process should exit without ``jax.distributed``'s shutdown, which would wait for the
+    lost process (the command line does)."""
+
+
 @dataclass(frozen=True)
 class TrainRequest:
     """What the user asked for: the config fields they set (flags), a config file, and
@@ -132,13 +140,15 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
     """Run the life cycle of the module docstring; see it for what each stage guarantees."""
     signals = signals or Signals()
     fields = resolve_configs(request)
-    if parallel.distributed_requested(request.coordinator, request.num_processes):
-        _join(request)
-    main = parallel.is_main_process()
-    echo = request.echo if main else _silent  # process 0 speaks for the run
     fine_tune = fields.train.get("init_from") is not None
     run_dir = _run_dir(request, "finetune" if fine_tune else fields.model.get("cell", "rnn"))
-    run_config = RunConfig(**fields.run)  # checked before anything is done
+    run_config = _run_config(fields, request.resume)  # checked before anything is done
+    if parallel.distributed_requested(request.coordinator, request.num_processes):
+        signals.check()  # before joining, a signal stops this process alone
+        _join(request, run_config)
+        signals.share()
+    main = parallel.is_main_process()
+    echo = request.echo if main else _silent  # process 0 speaks for the run
     lock, created = RunLock(run_dir), False
     try:
         if request.resume is None:
@@ -152,7 +162,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         else:
             if main:
                 lock.acquire()
-            prepared = prepare_resume(fields, request.resume_step, run_dir, signals)
+            prepared = prepare_resume(fields, run_config, request.resume_step, run_dir, signals)
             restored, dataset = prepared.restored, prepared.dataset
             if restored.step >= input_pipeline.total_steps(prepared.train_config, dataset):
                 echo(
@@ -165,11 +175,15 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         signals.check()
         if main:
             lock.claim()
-        return _train(prepared, signals, echo, request.progress if main else False)
-    except BaseException:  # a signal, bad input, a failure: a folder this run made and
-        # never checkpointed is not left behind
+        save_timeout = request.distributed_timeout if jax.process_count() > 1 else None
+        return _train(prepared, signals, echo, request.progress if main else False, save_timeout)
+    except BaseException as err:  # a signal, bad input, a failure: a folder this run made
+        # and never checkpointed is not left behind
         if created and not checkpoint.has_checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
+        lost = parallel.lost_process(err) if isinstance(err, Exception) else None
+        if lost is not None:
+            raise ProcessLostError(f"{lost}; {_resume_hint(request, run_dir)}") from err
         raise
     finally:
         lock.release()
@@ -215,7 +229,11 @@ def prepare_new(fields: Fields, run_config: RunConfig, run_dir: Path, signals: S
 
 
 def prepare_resume(
-    fields: Fields, step: int | str | None, run_dir: Path, signals: Signals
+    fields: Fields,
+    run_config: RunConfig,
+    step: int | str | None,
+    run_dir: Path,
+    signals: Signals,
 ) -> Prepared:
     """The checkpoint a resume continues, restored and verified, its configs with the
     resumable changes the request makes (any other change refused, naming its flag), its
@@ -225,9 +243,6 @@ def prepare_resume(
             f"{run_dir} holds no finished checkpoint to resume (its run stopped "
             f"before the first save); start it again with --out {run_dir}"
         )
-    saved = run_folder.load_config(run_dir).get("run", {})
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    run_config = RunConfig(**{**{k: v for k, v in saved.items() if k in names}, **fields.run})
     signals.check()
     mesh = parallel.mesh_for(run_config.devices)
     restored = checkpoint.restore(run_dir, step=step, for_training=True, mesh=mesh)
@@ -244,6 +259,17 @@ def prepare_resume(
     return Prepared(
         run_dir, model_config, train_config, run_config, dataset, mesh, restored, source=source
     )
+
+
+def _run_config(fields: Fields, resume: Path | None) -> RunConfig:
+    """The run settings: the request's, over the resumed run's saved ones (any may change).
+    A resumable run's ``config.json`` must be readable (``run_folder.load_config``): a
+    resume needs its own settings, not defaults."""
+    saved = {}
+    if resume is not None and checkpoint.has_checkpoints(resume):
+        saved = run_folder.load_config(resume).get("run", {})
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{**{k: v for k, v in saved.items() if k in names}, **fields.run})
 
 
 def _open_new_folder(run_dir: Path, lock: RunLock, echo: Callable[[str], None]) -> bool:
@@ -283,13 +309,20 @@ def _open_resumed_folder(
 
 
 def _train(
-    prepared: Prepared, signals: Signals, echo: Callable[[str], None], progress: bool | None
+    prepared: Prepared,
+    signals: Signals,
+    echo: Callable[[str], None],
+    progress: bool | None,
+    save_timeout: int | None = None,
 ) -> Outcome:
-    """Train the prepared run to its budget or a signal; map failures to ``RunError``."""
+    """Train the prepared run to its budget or a signal; map failures to ``RunError``.
+    ``save_timeout``: seconds a save may wait for the other processes."""
     run_dir, restored = prepared.run_dir, prepared.restored
     main = parallel.is_main_process()
     run_config = prepared.run_config
-    manager = checkpoint.open_manager(run_dir, checkpoint.CheckpointConfig(keep=run_config.keep))
+    options = checkpoint.CheckpointConfig(keep=run_config.keep, timeout_s=save_timeout)
+    manager = checkpoint.open_manager(run_dir, options)
+    save, stop = _actions(prepared, manager, signals, echo)
     try:
         result = loop.fit(
             prepared.model_config,
@@ -298,7 +331,7 @@ def _train(
             state=prepared.start if restored is None else restored.state,
             sums=None if restored is None else restored.extra.get("sums"),
             out_dir=run_dir if main else None,
-            actions=_actions(prepared, manager, signals, echo),
+            actions=[save, stop],
             echo=echo,
             progress=progress,
             run_config=run_config,
@@ -308,16 +341,22 @@ def _train(
     except NonFiniteLossError as err:
         _close_or_fail(manager, run_dir)
         raise RunError(f"{err}{_last_good(manager)}") from None
-    except checkpoint.CheckpointWriteError as err:
-        _drop_unfinished_saves(run_dir)
-        raise RunError(_without_spec(err)) from None
-    except OSError as err:  # metrics, plot, samples or events could not be written
-        _close_or_fail(manager, run_dir)
-        raise RunError(
-            f"writing to {run_dir} failed ({err.strerror or err}){_last_good(manager)}"
-        ) from None
-    except BaseException:
+    except Exception as err:
+        if parallel.lost_process(err) is not None:
+            raise  # as it is: closing would wait for the lost process; execute names it
+        if isinstance(err, checkpoint.CheckpointWriteError):
+            _drop_unfinished_saves(run_dir)
+            raise RunError(_without_spec(err)) from None
+        if isinstance(err, OSError):  # metrics, plot, samples or events could not be written
+            _close_or_fail(manager, run_dir)
+            raise RunError(
+                f"writing to {run_dir} failed ({err.strerror or err}){_last_good(manager)}"
+            ) from None
         with contextlib.suppress(Exception):  # the error on its way out says what went wrong
+            checkpoint.close(manager)
+        raise
+    except BaseException:  # a KeyboardInterrupt from a library caller
+        with contextlib.suppress(Exception):
             checkpoint.close(manager)
         raise
     _close_or_fail(manager, run_dir)
@@ -327,7 +366,7 @@ def _train(
         prepared.train_config,
         prepared.dataset,
         result,
-        signals.received,
+        stop.signum,
     )
 
 
@@ -360,7 +399,7 @@ def _actions(
         saved_any=restored is not None,
         init_from=None if prepared.source is None else prepared.source.to_json(),
     )
-    stop = StopWhen(lambda: signals.received is not None, on_start=signals.start_training)
+    stop = StopWhen(lambda: signals.received, on_start=signals.start_training)
     return [save, stop, *([_Pause()] if pause_requested() else [])]
 
 
@@ -504,7 +543,7 @@ def _available_bytes() -> int | None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _join(request: TrainRequest) -> None:
+def _join(request: TrainRequest, run_config: RunConfig) -> None:
     """Join the multi-process run the request (or the cluster's environment) describes."""
     try:
         parallel.initialize_distributed(
@@ -512,9 +551,32 @@ def _join(request: TrainRequest) -> None:
             request.num_processes,
             request.process_id,
             timeout_s=request.distributed_timeout,
+            heartbeat_timeout_s=run_config.heartbeat_timeout,
         )
     except RuntimeError as err:
         raise ValueError(str(err)) from None
+
+
+def _resume_command(request: TrainRequest, run_dir: Path, process_id: object) -> str:
+    """The command that continues ``run_dir``, with the request's hosts flags, if any
+    (any other number of processes will do as well)."""
+    command = f"rnn-jax train --resume {run_dir}"
+    if request.coordinator is None:
+        return command
+    return (
+        f"{command} --coordinator {request.coordinator} --num-processes "
+        f"{request.num_processes} --process-id {process_id}"
+    )
+
+
+def _resume_hint(request: TrainRequest, run_dir: Path) -> str:
+    """The last good checkpoint of a run that lost a process, and this process's command
+    to continue it."""
+    steps = checkpoint.finished_steps(run_dir)
+    if not steps:
+        return "no checkpoint was written: run the same commands again to restart the folder"
+    command = _resume_command(request, run_dir, request.process_id)
+    return f"the last good checkpoint is step {steps[-1]}; continue with: {command}"
 
 
 def _run_dir(request: TrainRequest, kind: str) -> Path:
@@ -577,6 +639,8 @@ def _close_or_fail(manager: ocp.CheckpointManager, run_dir: Path) -> None:
     try:
         checkpoint.close(manager)
     except checkpoint.CheckpointWriteError as err:
+        if parallel.lost_process(err) is not None:
+            raise  # execute names it; the lost process's save may be another's to finish
         _drop_unfinished_saves(run_dir)
         raise RunError(_without_spec(err)) from None
 
@@ -653,9 +717,10 @@ def _report(request: TrainRequest, outcome: Outcome) -> int:
         return 0
     if outcome.signum is not None and result.interrupted:
         name = signal.Signals(outcome.signum).name
+        every = "I (each process its own)" if request.coordinator else None
         echo(
             f"{name}: saved step {int(result.state.step)} to {outcome.run_dir}; "
-            f"continue with: rnn-jax train --resume {outcome.run_dir}"
+            f"continue with: {_resume_command(request, outcome.run_dir, every)}"
         )
         return 128 + outcome.signum
     if result.history:

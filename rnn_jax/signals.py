@@ -15,6 +15,12 @@ imports JAX.
 ``pause_point`` is a test hook: a run that a test asks to (``$RNN_JAX_PAUSE_AT``) waits at
 named points of its life cycle, so that the test signals, kills or reads it there
 instead of racing it.
+
+Several processes stop together through JAX's preemption notifier, which
+``jax.distributed.initialize`` installs for SIGTERM (in C++: Python's SIGTERM handler
+is no longer called). Once a process has joined, ``Signals.share`` hands every
+signal to it: SIGINT and SIGHUP are noted, then raised again as SIGTERM, and
+``parallel.agreed_stop`` tells every process when to stop and which signal it was.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class Signals:
     def __init__(self) -> None:
         self.received: int | None = None
         self.training = False
+        self.shared = False
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> Signals:
@@ -58,6 +65,16 @@ class Signals:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is None:
             self.received = signum
+            if self.shared:
+                os.kill(os.getpid(), signal.SIGTERM)  # to JAX's notifier
+
+    def share(self) -> None:
+        """This process joined others (``jax.distributed``): from now on a signal stops
+        them all at a step they agree on, even before training starts (module docstring);
+        ``check`` no longer raises."""
+        self.shared = True
+        if self.received is not None:  # it arrived while joining
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def start_training(self) -> None:
         """Called before the first step: a signal from here on stops the loop after a
@@ -67,7 +84,7 @@ class Signals:
 
     def check(self) -> None:
         """Raise ``Interrupted`` if a signal arrived while the run was starting."""
-        if self.received is not None and not self.training:
+        if self.received is not None and not self.training and not self.shared:
             name = signal.Signals(self.received).name
             raise Interrupted(self.received, f"{name} before training started; stopped")
 

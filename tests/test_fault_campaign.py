@@ -1,6 +1,6 @@
 """``scripts/fault_campaign.py --quick``: the seeded subset of the fault campaign (a
-signal at a random moment, corrupted checkpoint files, bad inputs, a full disk) passes
-every trial."""
+signal at a random moment, corrupted checkpoint files, bad inputs, a full disk, and two
+two-process runs: a signal to one, a kill of one during a save) passes every trial."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_quick_campaign_has_no_failures(tmp_path: Path) -> None:
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = proc.stdout.split("| category |", 1)[1]
-    for category in ("signals", "corruption", "bad input", "disk full"):
+    for category in ("signals", "corruption", "bad input", "disk full", "processes"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {category} |"))
         trials, passed, failed = (int(c) for c in row.strip("|").split("|")[1:])
         assert trials > 0 and passed == trials and failed == 0, row

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import math
+import signal
 import warnings
 
 import chex
@@ -423,10 +424,11 @@ def test_fit_is_reproducible_and_compiles_once(
 
 
 def test_fit_resumes_exactly_after_interrupt(trained_run, tiny_dataset, tiny_model_config):
-    """A stop after K + 5 steps (``actions.StopWhen``) returns interrupted=True at once,
-    with epoch 1's record kept and none for the partial epoch 2; fitting on from the
-    returned state (which carries the sequential hidden state) reproduces the
-    uninterrupted run's params bit for bit."""
+    """A signal noted after K + 5 steps (``actions.StopWhen``, asked once before the
+    first step and after each) returns interrupted=True at once, with epoch 1's record
+    kept and none for the partial epoch 2; fitting on from the returned state (which
+    carries the sequential hidden state) reproduces the uninterrupted run's params bit
+    for bit."""
     reference, _, config = trained_run
     K = input_pipeline.batches_per_epoch(
         len(tiny_dataset.train), config.batch_size, config.num_steps
@@ -434,14 +436,14 @@ def test_fit_resumes_exactly_after_interrupt(trained_run, tiny_dataset, tiny_mod
     quiet = {"echo": lambda _: None, "progress": False}
     calls = []
 
-    def should_stop():
+    def received():
         calls.append(1)
-        return len(calls) == K + 5
+        return signal.SIGTERM if len(calls) == 1 + K + 5 else None
 
-    stop = actions.StopWhen(should_stop)
+    stop = actions.StopWhen(received)
     first = loop.fit(tiny_model_config, config, tiny_dataset, actions=[stop], **quiet)
-    assert first.interrupted
-    assert len(calls) == K + 5 and int(first.state.step) == K + 5
+    assert first.interrupted and stop.signum == signal.SIGTERM
+    assert len(calls) == 1 + K + 5 and int(first.state.step) == K + 5
     assert [r["epoch"] for r in first.history] == [1]
     assert first.history[0]["train_ppl"] == reference.history[0]["train_ppl"]
 
