@@ -273,6 +273,37 @@ def test_bad_meshes_and_addresses():
         parallel.initialize_distributed("127.0.0.1:1234")
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_simulated_devices_get_two_cpu_threads_each():
+    """``import rnn_jax`` before JAX starts raises XLA's CPU pool from 4 threads (one per
+    simulated device, which deadlocked in collectives) to 8 (``NPROC``)."""
+    count = (
+        "import os, sys, jax\n"
+        "if sys.argv[1] == 'rnn_jax': import rnn_jax\n"
+        "jax.jit(lambda x: x + 1)(1.0).block_until_ready()\n"
+        "d = '/proc/self/task'\n"
+        "names = [open(f'{d}/{t}/comm').read() for t in os.listdir(d)]\n"
+        "print(sum(name.startswith('tf_XLAEigen') for name in names))\n"
+    )
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "4", "PYTHONPATH": str(ROOT)}
+    for key in ("XLA_FLAGS", "NPROC"):
+        env.pop(key, None)
+    threads = {
+        first: subprocess.run(
+            [sys.executable, "-c", count, first],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.split()[-1]
+        for first in ("jax", "rnn_jax")
+    }
+    assert int(threads["rnn_jax"]) >= 8
+    if len(os.sched_getaffinity(0)) < 8:
+        assert int(threads["jax"]) < 8  # XLA's own size: max(cores, devices)
+
+
 def test_unreachable_coordinator_fails_in_bounded_time():
     result = _run("unreachable", str(free_port()), timeout=120)
     assert result["type"] == "RuntimeError", result
