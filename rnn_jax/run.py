@@ -322,7 +322,8 @@ def _train(
     run_config = prepared.run_config
     options = checkpoint.CheckpointConfig(keep=run_config.keep, timeout_s=save_timeout)
     manager = checkpoint.open_manager(run_dir, options)
-    save, stop = _actions(prepared, manager, signals, echo)
+    actions = _actions(prepared, manager, signals, echo)
+    stop = next(a for a in actions if isinstance(a, StopWhen))  # it knows the signal
     try:
         result = loop.fit(
             prepared.model_config,
@@ -331,7 +332,7 @@ def _train(
             state=prepared.start if restored is None else restored.state,
             sums=None if restored is None else restored.extra.get("sums"),
             out_dir=run_dir if main else None,
-            actions=[save, stop],
+            actions=actions,
             echo=echo,
             progress=progress,
             run_config=run_config,
