@@ -359,9 +359,11 @@ def lost_process(err: BaseException) -> str | None:
     the peer's address)."""
     if not jax.distributed.is_initialized():
         return None
-    cause: BaseException | None = err
-    while cause is not None and not _LOST.search(str(cause)):
-        cause = cause.__cause__ or cause.__context__
+    cause, seen, link = None, set(), err
+    while link is not None and id(link) not in seen:  # the innermost failure that says so
+        seen.add(id(link))
+        cause = link if _LOST.search(str(link)) else cause
+        link = link.__cause__ or link.__context__
     if cause is None:
         return None
     P, other = jax.process_count(), 1 - jax.process_index()

@@ -64,6 +64,18 @@ def test_a_lost_process_is_told_from_other_errors(monkeypatch: pytest.MonkeyPatc
         assert "process 1 of 2 is unreachable (INTERNAL: Barrier failed" in parallel.lost_process(
             wrapped
         )
+    try:  # a save's own words around gloo's are left out: the line says them once
+        try:
+            raise ValueError("UNKNOWN: Gloo AllGather failed: Connection closed by peer")
+        except ValueError as err:
+            raise checkpoint.CheckpointWriteError(
+                f"saving a checkpoint failed ({err}); the latest good one is step 70"
+            ) from err
+    except checkpoint.CheckpointWriteError as wrapped:
+        assert parallel.lost_process(wrapped) == (
+            "process 1 of 2 is unreachable "
+            "(UNKNOWN: Gloo AllGather failed: Connection closed by peer)"
+        )
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     socket_closed = RuntimeError("UNAVAILABLE: Socket closed")
     assert parallel.lost_process(socket_closed).startswith("process 0 of 2 (the coordinator)")
