@@ -38,7 +38,7 @@ from rnn_jax.config import (
     field_type,
     flag_name,
 )
-from rnn_jax.signals import SIGNALS, Interrupted, ReaderSignals, Signals
+from rnn_jax.signals import SIGNALS, Interrupted, ReaderSignals, Signals, python_defaults
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -441,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signals = Signals().__enter__()  # first: a signal from here on is never lost
     elif argv_given is None and argv[:1] in (["eval"], ["sample"], ["info"]):
         signals = ReaderSignals(argv[0]).__enter__()  # exits at once, or stops a chunk loop
+    elif argv_given is None:
+        python_defaults()  # the entry point's exit_while_starting no longer holds
     try:
         args = build_parser().parse_args(argv)
     except UsageError as err:

@@ -124,6 +124,22 @@ class ReaderSignals(Signals):
             self.in_chunks = False
 
 
+def exit_while_starting() -> None:
+    """Until a command installs its own handlers: a signal ends the process at once with
+    one line (nothing is written yet), instead of Python's ``KeyboardInterrupt``
+    traceback in the middle of an import. The entry point calls it first."""
+    for s in SIGNALS:
+        signal.signal(s, lambda signum, frame: exit_now(signum, "stopped while starting"))
+
+
+def python_defaults() -> None:
+    """Python's own handling again (``KeyboardInterrupt`` for SIGINT), for the commands
+    that install no handlers of their own (``export``)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def exit_now(signum: int, what: str) -> NoReturn:
     """Flush stdout, say ``SIGNAME; what`` on stderr in one line and exit 128 + signum,
     without unwinding (nothing on the way out can print a traceback)."""

@@ -244,6 +244,34 @@ def test_signal_before_training_leaves_no_folder(tmp_path: Path, signum: signal.
     assert not run_dir.exists()
 
 
+WHILE_IMPORTING = """
+import builtins, os, sys
+real_import, signum = builtins.__import__, int(sys.argv[1])
+def hooked(name, *args, **kwargs):  # the signal lands while rnn_jax.cli is imported
+    if name == "rnn_jax.cli":
+        os.kill(os.getpid(), signum)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = hooked
+sys.argv = ["rnn-jax", *sys.argv[2:]]
+from rnn_jax.__main__ import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("command", [["info", "runs/none"], ["export", "runs/none"]])
+def test_signal_while_the_command_line_imports_is_one_line(command: list[str]) -> None:
+    """The entry point (``rnn-jax``, ``python -m rnn_jax``) installs its handlers before
+    it imports ``rnn_jax.cli``: a SIGINT there exits 130 with one line, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-c", WHILE_IMPORTING, str(int(signal.SIGINT)), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert proc.stderr == "rnn-jax: SIGINT; stopped while starting\n"
+
+
 def test_second_writer_is_refused(trained: Path, tmp_path: Path) -> None:
     """While one process holds the run folder, `train --resume` on it fails at once."""
     import fcntl
