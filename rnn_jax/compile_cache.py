@@ -13,7 +13,9 @@ JAX's own file cache writes an entry in place (``Path.write_bytes``), so another
 could read half of it, and a write that fails (a full disk) is reported as a warning on
 stderr. The entries here are written as the token cache's are (``files.write_atomic``):
 a reader sees none or all of an entry, and a write that fails leaves no entry, silently;
-many processes (the test suite's) share one folder safely.
+many processes (the test suite's) share one folder safely. That cache is installed where
+JAX keeps its own (``jax._src.compilation_cache._cache``, private, the same from jax 0.4
+to 0.11); ``tests/test_startup.py`` fails if a JAX moves it.
 """
 
 from __future__ import annotations

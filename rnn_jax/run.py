@@ -174,8 +174,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
     fine_tune = fields.train.get("init_from") is not None
     run_dir = _run_dir(request, "finetune" if fine_tune else fields.model.get("cell", "rnn"))
     run_config = _run_config(fields, request.resume)  # checked before anything is done
-    if request.compilation_cache and run_config.cache:
-        compile_cache.use_compilation_cache(cache_folder(run_config.cache, run_config.cache_dir))
+    _compile_through_cache(request, run_config)
     if parallel.distributed_requested(request.coordinator, request.num_processes):
         signals.check()  # before joining, a signal stops this process alone
         _join(request, run_config)
@@ -683,6 +682,14 @@ def _silent(text: str) -> None:
     del text
 
 
+def _compile_through_cache(request: TrainRequest, run_config: RunConfig) -> None:
+    """A command's process compiles through JAX's persistent compilation cache beside the
+    token cache (``compile_cache``); with ``--no-cache`` it uses neither."""
+    folder = cache_folder(run_config.cache, run_config.cache_dir)
+    if request.compilation_cache and folder is not None:
+        compile_cache.use_compilation_cache(folder)
+
+
 def _load_dataset(train_config: TrainConfig, run_config: RunConfig) -> Dataset:
     """The dataset, through the token cache: ``--cache-dir``, else the default folder;
     none with ``--no-cache``. A cache folder that cannot be written is refused."""
@@ -820,8 +827,7 @@ def train_seeds(request: TrainRequest) -> int:
     signals = Signals()
     signals.training = True  # a sweep is not resumable: a signal stops it (KeyboardInterrupt)
     run_config = RunConfig(**fields.run)
-    if request.compilation_cache and run_config.cache:
-        compile_cache.use_compilation_cache(cache_folder(run_config.cache, run_config.cache_dir))
+    _compile_through_cache(request, run_config)
     prepared = prepare_new(fields, run_config, run_dir, signals)
     train_config, dataset = prepared.train_config, prepared.dataset
     members = sweep.grid(prepared.model_config, train_config, seeds=request.seeds)
