@@ -33,11 +33,11 @@ sys.exit(code)
 """
 
 
-def train(*args: str, xdg: Path = CACHE) -> tuple[subprocess.CompletedProcess[str], dict]:
-    """``rnn-jax train ARGS`` in a fresh process: the process and its cache events."""
+def rnn_jax_events(*args: str, xdg: Path = CACHE) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """``rnn-jax ARGS`` in a fresh process: the process and its compilation cache events."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(xdg)}
     proc = subprocess.run(
-        [sys.executable, "-c", WITH_EVENTS, "train", *args],
+        [sys.executable, "-c", WITH_EVENTS, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -52,45 +52,49 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path: Path
     """The first run compiles and writes its programs (the train step ``bound``, the
     evaluation) to ``<cache>/xla``; a second run of the same shapes loads every one of
     them and writes none; both train bit for bit what a run without any cache trains,
-    and ``--no-cache`` leaves no cache folder behind."""
+    and ``--no-cache`` leaves no cache folder behind. ``eval`` of a run compiles through
+    the run's cache folder too."""
     cache = tmp_path / "cache"
     args = ["--epochs", "2", *TINY]
-    first, first_events = train("--out", str(tmp_path / "a"), "--cache-dir", str(cache), *args)
+    a, b, c = (str(tmp_path / name) for name in "abc")
+    first, first_events = rnn_jax_events("train", "--out", a, "--cache-dir", str(cache), *args)
     entries = sorted(p.name for p in (cache / "xla").iterdir())
     programs = {name.split("-")[0] for name in entries}
     assert {"jit_bound", "jit_evaluate"} <= programs, entries
     assert first_events == {"cache_misses": len(entries)}, (first_events, entries)
 
-    second, second_events = train("--out", str(tmp_path / "b"), "--cache-dir", str(cache), *args)
+    second, second_events = rnn_jax_events("train", "--out", b, "--cache-dir", str(cache), *args)
     assert sorted(p.name for p in (cache / "xla").iterdir()) == entries
     assert second_events == {"cache_hits": len(entries)}, (second_events, entries)
 
     xdg = tmp_path / "xdg"
-    _, none_events = train("--out", str(tmp_path / "c"), "--no-cache", *args, xdg=xdg)
+    _, none_events = rnn_jax_events("train", "--out", c, "--no-cache", *args, xdg=xdg)
     assert none_events == {} and not (xdg / "rnn_jax").exists()  # (matplotlib's is there)
 
-    runs = [checkpoint.restore(tmp_path / name) for name in "abc"]
+    runs = [checkpoint.restore(path) for path in (a, b, c)]
     digests = [leaves_digest(r.params) for r in runs]
     assert digests[0] == digests[1] == digests[2]
+    assert_plan_and_estimate(first.stdout, epochs=2)
     for proc in (first, second):
         done = proc.stdout.strip().splitlines()[-1]
         assert re.search(r"; start-up [\d.]+ s to the first step \(imports [\d.]+ s, ", done), done
 
+    _, eval_events = rnn_jax_events("eval", "--checkpoint", b, xdg=xdg)
+    written = sorted(p.name for p in (cache / "xla").iterdir())
+    assert eval_events.get("cache_misses") == len(written) - len(entries) > 0, eval_events
 
-def test_plan_and_estimate_lines(tmp_path: Path) -> None:
+
+def assert_plan_and_estimate(stdout: str, epochs: int) -> None:
     """The plan's numbers are the budget's (``input_pipeline.total_steps``,
     ``steps_per_epoch``, B T tokens a step), printed before the first step; the estimate
-    comes once, after the first record, for the steps left."""
-    proc, _ = train("--out", str(tmp_path / "run"), "--epochs", "3", *TINY)
-    lines = proc.stdout.splitlines()
-    config = TrainConfig(max_tokens=3000, batch_size=4, num_steps=10, num_epochs=3)
+    comes once, after the first record (the first epoch), for the steps left."""
+    lines = stdout.splitlines()
+    config = TrainConfig(max_tokens=3000, batch_size=4, num_steps=10, num_epochs=epochs)
     dataset = input_pipeline.load_dataset(config)
-    K, total = (
-        input_pipeline.steps_per_epoch(config, dataset),
-        input_pipeline.total_steps(config, dataset),
-    )
-    assert total == 3 * K == 201
-    assert lines[1] == f"plan: {total} steps (3 epochs of {K} steps), {total * 40:,} tokens"
+    K = input_pipeline.steps_per_epoch(config, dataset)
+    total = input_pipeline.total_steps(config, dataset)
+    assert total == epochs * K == epochs * 67
+    assert lines[1] == f"plan: {total} steps ({epochs} epochs of {K} steps), {total * 40:,} tokens"
     estimates = [line for line in lines if " tokens/s: about " in line]
     assert len(estimates) == 1, lines
     assert estimates[0].endswith(f" for the {total - K} steps left"), estimates[0]
