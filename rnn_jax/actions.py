@@ -19,9 +19,9 @@ An action's hooks, all optional (``Action`` has them as no-ops):
 
 The actions a run is given (``loop.fit`` and ``run``), in order: ``CheckFinite``,
 ``Evaluate``, ``Sample``, ``Progress``, ``Print``, ``RunFiles``, ``TensorBoard``, then
-``Save`` and ``StopWhen`` (the life cycle's). Which process does what is decided where
-the list is made: every process computes (evaluates, samples, saves, agrees to stop),
-process 0 alone prints and writes files.
+``Plan``, ``Save`` and ``StopWhen`` (the life cycle's). Which process does what is
+decided where the list is made: every process computes (evaluates, samples, saves,
+agrees to stop), process 0 alone prints and writes files.
 """
 
 from __future__ import annotations
@@ -324,6 +324,68 @@ class Progress(Action):
     def close(self, end: End | None) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class Plan(Action):
+    """The run's budget, printed before the first step (steps, epochs, tokens), and once
+    the first record's steps are timed, the time the remaining steps take at that speed
+    (the steps alone: evaluation, sampling and saving come on top)."""
+
+    def __init__(
+        self,
+        echo: Callable[[str], None],
+        total: int,
+        start_step: int,
+        steps_per_epoch: int,
+        tokens_per_step: int,
+    ) -> None:
+        self.echo, self.total, self.start_step = echo, total, start_step
+        self.steps_per_epoch, self.tokens_per_step = steps_per_epoch, tokens_per_step
+        self.estimated = False
+
+    def start(self, state: TrainState) -> None:
+        self.echo(
+            plan_line(self.total, self.start_step, self.steps_per_epoch, self.tokens_per_step)
+        )
+
+    def __call__(self, state: TrainState, point: RecordPoint) -> None:
+        left = self.total - point.at.step
+        if self.estimated or left <= 0:
+            return
+        self.estimated = True
+        speed = point.records[0]["tokens_per_s"]
+        seconds = left * self.tokens_per_step / speed
+        self.echo(
+            f"at {speed:,.0f} tokens/s: about {duration(seconds)} for the {left:,} steps left"
+        )
+
+
+def plan_line(total: int, start_step: int, steps_per_epoch: int, tokens_per_step: int) -> str:
+    """``plan: 3,150,000 steps (100 epochs of 31,500 steps), 1.0e9 tokens``; a resumed
+    run's says how many are left."""
+    epochs = total / steps_per_epoch
+    of = f"{epochs:.4g} epoch{'' if epochs == 1 else 's'} of {steps_per_epoch:,} steps"
+    left = total - start_step
+    steps = f"{total:,} steps" if not start_step else f"{left:,} steps more, to step {total:,}"
+    return f"plan: {steps} ({of}), {count(left * tokens_per_step)} tokens"
+
+
+def count(n: int) -> str:
+    """``12,345``, and from ten million on ``1.2e7``."""
+    if n < 10**7:
+        return f"{n:,}"
+    mantissa, exponent = f"{n:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def duration(seconds: float) -> str:
+    """``16 h 20 min``, ``4 min 10 s``, ``12 s``."""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60} s"
+    return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
 
 
 class Print(Action):

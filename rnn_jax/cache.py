@@ -39,6 +39,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "rnn_jax"
 
 
+def cache_folder(cache: bool, cache_dir: str | None) -> Path | None:
+    """The folder a run's settings (``RunConfig.cache``, ``cache_dir``) name: ``cache_dir``,
+    else ``default_cache_dir()``; None when ``cache`` is off (``--no-cache``)."""
+    if not cache:
+        return None
+    return Path(cache_dir) if cache_dir else default_cache_dir()
+
+
 class CacheFolderError(ValueError):
     """The cache folder cannot be created or written (a file, a read-only disk)."""
 

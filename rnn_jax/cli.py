@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -434,6 +435,7 @@ def export_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, call, and return the exit status (module docstring)."""
+    started = time.perf_counter()  # the start-up a run reports is timed from here
     argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     signals = None
@@ -462,7 +464,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint.quiet_orbax_unraisables()
     try:
         if args.command == "train":
-            return run.train_from_request(run.TrainRequest(**train_request(args)), signals)
+            request = run.TrainRequest(
+                **train_request(args),
+                started=started,
+                compilation_cache=argv_given is None,  # a process of its own: its JAX is ours
+            )
+            return run.train_from_request(request, signals)
+        if argv_given is None and args.command in ("eval", "sample"):
+            readers.use_compilation_cache(args.checkpoint)
         if args.command == "eval":
             return readers.evaluate_checkpoint(
                 args.checkpoint, **eval_options(args), signals=signals

@@ -357,6 +357,9 @@ def fit(
         state = init_train_state(model_config, optimizer, config.batch_size, key, mesh)
     elif mesh is not None:
         state = parallel.shard_state(state, mesh)
+    if mesh is None:  # committed to the device as a restored state is: a new, a resumed and
+        # a fine-tuned run lower to one program (one compile, one compilation cache entry)
+        state = jax.device_put(state, jax.devices()[0])
     steps = ModelSteps(model_config, config, dataset, optimizer, state, mesh)
     standard = standard_actions(
         model_config,

@@ -28,7 +28,18 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from rnn_jax import checkpoint, data, input_pipeline, model, run_folder, sample, step, transfer
+from rnn_jax import (
+    checkpoint,
+    compile_cache,
+    data,
+    input_pipeline,
+    model,
+    run_folder,
+    sample,
+    step,
+    transfer,
+)
+from rnn_jax.cache import cache_folder
 from rnn_jax.config import ModelConfig, SamplingConfig
 from rnn_jax.loss import bits_per_token, perplexity
 from rnn_jax.signals import Interrupted, ReaderSignals
@@ -60,6 +71,16 @@ def evaluate_in_chunks(
             yield np.asarray(nlls)
 
     return chunks(h0)
+
+
+def use_compilation_cache(run_dir: Path) -> None:
+    """JAX's compilation cache beside the token cache of the run in ``run_dir`` (its
+    ``config.json``'s run settings), for ``eval`` and ``sample`` in a process of their own
+    (``compile_cache``); none when the run used ``--no-cache`` or its settings are unread."""
+    settings = (run_folder.read_config(run_dir) or {}).get("run", {})
+    folder = cache_folder(settings.get("cache", False), settings.get("cache_dir"))
+    if folder is not None:
+        compile_cache.use_compilation_cache(folder)
 
 
 def evaluate_checkpoint(

@@ -20,11 +20,6 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
-
 from rnn_jax.files import write_atomic
 
 
@@ -121,11 +116,23 @@ def _step_of(record: dict[str, Any]) -> int:
     return int(record.get("step", 0))
 
 
+def pyplot() -> Any:
+    """matplotlib's ``pyplot`` on the Agg backend (files only; never needs a display),
+    imported at the first plot: a run's first step comes 0.3 s sooner without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_perplexity(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Train (and validation, when present) perplexity, log-scaled like the book's; per
     epoch when every record closes an epoch, per step otherwise."""
     by_epoch = all(isinstance(r.get("epoch"), int) for r in records)
     x_key = "epoch" if by_epoch else "step"
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     for key, label in (("train_ppl", "train"), ("val_ppl", "validation")):
         points = [(r[x_key], r[key]) for r in records if r.get(key) is not None]

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from rnn_jax import (
     checkpoint,
+    compile_cache,
     input_pipeline,
     loop,
     parallel,
@@ -55,8 +56,8 @@ from rnn_jax import (
     sweep,
     transfer,
 )
-from rnn_jax.actions import Action, Every, NonFiniteLossError, RecordPoint, Save, StopWhen
-from rnn_jax.cache import CacheFolderError
+from rnn_jax.actions import Action, Every, NonFiniteLossError, Plan, RecordPoint, Save, StopWhen
+from rnn_jax.cache import CacheFolderError, cache_folder
 from rnn_jax.config import (
     RESUMABLE,
     ModelConfig,
@@ -106,6 +107,11 @@ class TrainRequest:
     process_id: int | None = None
     distributed_timeout: int = 60
     echo: Callable[[str], None] = tqdm.write
+    # The command line's: JAX's persistent compilation cache beside the token cache (a
+    # setting of the whole process, so a library caller opts in), and when the command
+    # started (``time.perf_counter()``; None: when ``execute`` was called).
+    compilation_cache: bool = False
+    started: float | None = None
 
 
 @dataclass
@@ -131,6 +137,29 @@ class Outcome:
     dataset: Dataset
     result: loop.FitResult | None  # None when the run had trained its budget already
     signum: int | None = None  # the signal that stopped it, if any
+    start_up: StartUp | None = None
+
+
+@dataclass
+class StartUp:
+    """Where the seconds from the command's start to the first step went: ``lap(part)``
+    ends a part at the time of the call (the first starts at ``began``)."""
+
+    began: float  # time.perf_counter() at the command's start
+    parts: dict[str, float] = field(default_factory=dict)  # part -> seconds, in order
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.parts[part] = now - self.began - sum(self.parts.values())
+
+    def describe(self, compile_s: float) -> str:
+        """``start-up 2.1 s to the first step (imports 0.9 s, ...)``; ``compile_s``: the
+        train step's compile, taken out of the part it fell in (``other``)."""
+        parts = {**self.parts, "compile": compile_s}
+        parts["other"] = parts.pop("other", 0.0) - compile_s  # compile stays before other
+        total = sum(parts.values())
+        each = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in parts.items())
+        return f"start-up {total:.1f} s to the first step ({each})"
 
 
 # --------------------------------------------------------------------------- the run
@@ -139,10 +168,13 @@ class Outcome:
 def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
     """Run the life cycle of the module docstring; see it for what each stage guarantees."""
     signals = signals or Signals()
+    start_up = StartUp(time.perf_counter() if request.started is None else request.started)
+    start_up.lap("imports")
     fields = resolve_configs(request)
     fine_tune = fields.train.get("init_from") is not None
     run_dir = _run_dir(request, "finetune" if fine_tune else fields.model.get("cell", "rnn"))
     run_config = _run_config(fields, request.resume)  # checked before anything is done
+    _compile_through_cache(request, run_config)
     if parallel.distributed_requested(request.coordinator, request.num_processes):
         signals.check()  # before joining, a signal stops this process alone
         _join(request, run_config)
@@ -175,8 +207,10 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         signals.check()
         if main:
             lock.claim()
+        start_up.lap("data")
         save_timeout = request.distributed_timeout if jax.process_count() > 1 else None
-        return _train(prepared, signals, echo, request.progress if main else False, save_timeout)
+        progress = request.progress if main else False
+        return _train(prepared, signals, echo, progress, save_timeout, start_up)
     except BaseException as err:  # a signal, bad input, a failure: a folder this run made
         # and never checkpointed is not left behind
         if created and not checkpoint.has_checkpoints(run_dir):
@@ -314,16 +348,17 @@ def _train(
     echo: Callable[[str], None],
     progress: bool | None,
     save_timeout: int | None = None,
+    start_up: StartUp | None = None,
 ) -> Outcome:
     """Train the prepared run to its budget or a signal; map failures to ``RunError``.
-    ``save_timeout``: seconds a save may wait for the other processes."""
+    ``save_timeout``: seconds a save may wait for the other processes; ``start_up``: its
+    last part, ``other``, ends at the first step."""
     run_dir, restored = prepared.run_dir, prepared.restored
     main = parallel.is_main_process()
     run_config = prepared.run_config
     options = checkpoint.CheckpointConfig(keep=run_config.keep, timeout_s=save_timeout)
     manager = checkpoint.open_manager(run_dir, options)
-    actions = _actions(prepared, manager, signals, echo)
-    stop = next(a for a in actions if isinstance(a, StopWhen))  # it knows the signal
+    actions, stop = _actions(prepared, manager, signals, echo, start_up)
     try:
         result = loop.fit(
             prepared.model_config,
@@ -368,6 +403,7 @@ def _train(
         prepared.dataset,
         result,
         stop.signum,
+        start_up,
     )
 
 
@@ -376,9 +412,10 @@ def _actions(
     manager: ocp.CheckpointManager,
     signals: Signals,
     echo: Callable[[str], None],
-) -> list[Action]:
-    """The life cycle's actions: saves, and the stop on a signal (and the test hook's
-    pause points when a test asks for them)."""
+    start_up: StartUp | None = None,
+) -> tuple[list[Action], StopWhen]:
+    """The life cycle's actions: the plan, saves, the stop on a signal, the end of the
+    start-up (and the test hook's pause points when a test asks for them); and the stop."""
     run_config, restored = prepared.run_config, prepared.restored
     num_devices = 1 if prepared.mesh is None else parallel.num_devices(prepared.mesh)
     if restored is not None:
@@ -401,7 +438,29 @@ def _actions(
         init_from=None if prepared.source is None else prepared.source.to_json(),
     )
     stop = StopWhen(lambda: signals.received, on_start=signals.start_training)
-    return [save, stop, *([_Pause()] if pause_requested() else [])]
+    plan = Plan(
+        echo,
+        input_pipeline.total_steps(prepared.train_config, prepared.dataset),
+        0 if restored is None else restored.step,
+        input_pipeline.steps_per_epoch(prepared.train_config, prepared.dataset),
+        prepared.train_config.batch_size * prepared.train_config.num_steps,
+    )
+    actions = [plan, save, stop]
+    if start_up is not None:
+        actions.append(_FirstStep(start_up))
+    if pause_requested():
+        actions.append(_Pause())
+    return actions, stop
+
+
+class _FirstStep(Action):
+    """Ends the start-up's last part (``other``) just before the first step."""
+
+    def __init__(self, start_up: StartUp) -> None:
+        self.start_up = start_up
+
+    def start(self, state: TrainState) -> None:
+        self.start_up.lap("other")
 
 
 class _Pause(Action):
@@ -623,12 +682,21 @@ def _silent(text: str) -> None:
     del text
 
 
+def _compile_through_cache(request: TrainRequest, run_config: RunConfig) -> None:
+    """A command's process compiles through JAX's persistent compilation cache beside the
+    token cache (``compile_cache``); with ``--no-cache`` it uses neither."""
+    folder = cache_folder(run_config.cache, run_config.cache_dir)
+    if request.compilation_cache and folder is not None:
+        compile_cache.use_compilation_cache(folder)
+
+
 def _load_dataset(train_config: TrainConfig, run_config: RunConfig) -> Dataset:
     """The dataset, through the token cache: ``--cache-dir``, else the default folder;
     none with ``--no-cache``. A cache folder that cannot be written is refused."""
-    cache_dir = (run_config.cache_dir or True) if run_config.cache else None
     try:
-        return input_pipeline.load_dataset(train_config, cache_dir=cache_dir)
+        return input_pipeline.load_dataset(
+            train_config, cache_dir=cache_folder(run_config.cache, run_config.cache_dir)
+        )
     except CacheFolderError as err:
         raise ValueError(
             f"{flag_name(RunConfig, 'cache_dir')} {err.folder}: {err.reason}; name a "
@@ -725,10 +793,10 @@ def _report(request: TrainRequest, outcome: Outcome) -> int:
         )
         return 128 + outcome.signum
     if result.history:
-        echo(
-            f"done: {report.summary(result.history[-1])}, train step "
-            f"compiled in {result.compile_s:.2f} s; run folder {outcome.run_dir}"
+        start_up = (
+            "" if outcome.start_up is None else f"; {outcome.start_up.describe(result.compile_s)}"
         )
+        echo(f"done: {report.summary(result.history[-1])}{start_up}; run folder {outcome.run_dir}")
     return 0
 
 
@@ -758,7 +826,9 @@ def train_seeds(request: TrainRequest) -> int:
     _check_outside_runs(run_dir)
     signals = Signals()
     signals.training = True  # a sweep is not resumable: a signal stops it (KeyboardInterrupt)
-    prepared = prepare_new(fields, RunConfig(**fields.run), run_dir, signals)
+    run_config = RunConfig(**fields.run)
+    _compile_through_cache(request, run_config)
+    prepared = prepare_new(fields, run_config, run_dir, signals)
     train_config, dataset = prepared.train_config, prepared.dataset
     members = sweep.grid(prepared.model_config, train_config, seeds=request.seeds)
     sweep.validate_members(members)

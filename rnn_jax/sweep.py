@@ -583,8 +583,7 @@ def plot_groups(
     its finite members and the min-max band, log-scaled like the book's. ``labels`` names
     groups by their ``(lr, theta, sigma)`` (default: the swept values); perplexities above
     ``cap`` are left out like diverged ones (a log axis cannot span 1e200)."""
-    import matplotlib.pyplot as plt  # report has set the Agg backend
-
+    plt = report.pyplot()
     names = swept(results)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
