@@ -436,8 +436,9 @@ class Fields(NamedTuple):
 
 
 def resolve_configs(request: TrainRequest) -> Fields:
-    """Merge the config file and the flags: the fields set either way; a new run (not a
-    fine-tune) on a corpus the user names adds the own-text defaults of the others."""
+    """Merge the config file and the flags: the fields set either way; a new run on a
+    corpus the user names (not a fine-tune or a sweep) adds the own-text defaults of the
+    others."""
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
     run: dict[str, Any] = {}
@@ -450,11 +451,8 @@ def resolve_configs(request: TrainRequest) -> Fields:
     if train.get("corpus") is not None:
         train["corpus"] = str(Path(train["corpus"]).expanduser().absolute())
     sections, defaults = {"model": model, "train": train, "run": run}, {}
-    if (
-        train.get("corpus") is not None
-        and train.get("init_from") is None
-        and request.resume is None
-    ):
+    own_text = train.get("corpus") is not None and train.get("init_from") is None
+    if own_text and request.resume is None and request.seeds is None:  # sweeps: SGD only
         defaults = own_text_defaults(sections)
         sections = {name: {**defaults[name], **fields} for name, fields in sections.items()}
     return Fields(**sections, defaults=defaults)
@@ -794,8 +792,6 @@ def train_seeds(request: TrainRequest) -> int:
             raise ValueError(f"--out {run_dir} is not empty; choose a new --out for a sweep")
         lock.claim()
         request.echo(input_pipeline.describe_data(train_config, dataset))
-        if any(fields.defaults.values()):
-            request.echo(_describe_defaults(fields, prepared))
         request.echo(
             f"{len(members)} members (seeds {', '.join(map(str, request.seeds or ()))}), {mode}"
         )

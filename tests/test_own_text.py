@@ -173,8 +173,8 @@ def own_fields(**request: object) -> run.Fields:
 
 def test_own_text_defaults_fill_only_the_unset_fields(corpus: Path, tmp_path: Path) -> None:
     """A named corpus starts every field the user left unset from ``OWN_TEXT``; a flag
-    and a config file's field win over it; the shipped corpus, a resume and a fine-tune
-    get none of it."""
+    and a config file's field win over it; the shipped corpus, a resume, a fine-tune and
+    a seeds sweep get none of it."""
     fields = own_fields(train={"corpus": str(corpus)})
     assert fields.defaults == OWN_TEXT
     model = ModelConfig(vocab_size=5, **fields.model)
@@ -200,6 +200,7 @@ def test_own_text_defaults_fill_only_the_unset_fields(corpus: Path, tmp_path: Pa
         {},  # the shipped Time Machine: the book's defaults
         {"train": {"corpus": str(corpus)}, "resume": tmp_path},
         {"train": {"corpus": str(corpus), "init_from": str(tmp_path)}},
+        {"train": {"corpus": str(corpus)}, "seeds": (0, 1)},  # a sweep trains SGD only
     ):
         assert not any(own_fields(**request).defaults.values()), request
     book_model, book_train = ModelConfig(vocab_size=5), TrainConfig()
