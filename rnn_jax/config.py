@@ -415,7 +415,7 @@ OWN_TEXT: dict[str, dict[str, Any]] = {
     "train": {
         "num_steps": 64,
         "optimizer": "adam",
-        "lr": 5e-3,
+        "lr": 1e-2,
         "schedule": "warmup-cosine",
         "warmup_steps": 100,
         "num_epochs": 20,

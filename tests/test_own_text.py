@@ -180,7 +180,7 @@ def test_own_text_defaults_fill_only_the_unset_fields(corpus: Path, tmp_path: Pa
     model = ModelConfig(vocab_size=5, **fields.model)
     train = TrainConfig(**fields.train)
     assert (model.cell, model.num_hiddens, model.init) == ("gru", 256, "uniform")
-    assert (train.batch_size, train.num_steps, train.optimizer, train.lr) == (32, 64, "adam", 5e-3)
+    assert (train.batch_size, train.num_steps, train.optimizer, train.lr) == (32, 64, "adam", 1e-2)
     assert (train.schedule, train.warmup_steps) == ("warmup-cosine", 100)
     assert (train.num_epochs, train.max_steps, train.eval_every_steps) == (20, 5000, 500)
     assert RunConfig(**fields.run).save_every_steps == 500
@@ -231,7 +231,7 @@ def test_own_text_run_prints_and_records_its_defaults_and_resumes_with_them(
     printed = capsys.readouterr().out
     line = (
         "defaults for your own text: --cell gru --init uniform --num-steps 64 --optimizer adam "
-        "--lr 0.005 --schedule warmup-cosine --warmup-steps 0 --epochs 20 --eval-every-steps 500"
+        "--lr 0.01 --schedule warmup-cosine --warmup-steps 0 --epochs 20 --eval-every-steps 500"
         " --save-every-steps 500 (set any flag to change it)"
     )
     assert printed.splitlines()[1] == line, printed
