@@ -224,7 +224,7 @@ def test_own_text_run_prints_and_records_its_defaults_and_resumes_with_them(
     """`train --corpus FILE` with no model or optimizer flag: one line names the defaults
     applied (not --num-hiddens, which is set) with the values the run uses (the warmup
     fitted to a 4-step budget); config.json records them; --resume keeps them and prints
-    no such line; the shipped corpus prints none."""
+    no such line."""
     out = tmp_path / "mine"
     args = ["train", "--out", str(out), "--corpus", str(corpus), "--max-steps", "4", *TINY_OWN]
     assert cli.main(args) == 0
@@ -246,14 +246,3 @@ def test_own_text_run_prints_and_records_its_defaults_and_resumes_with_them(
     assert resumed["model"] == saved["model"]
     assert resumed["train"] == {**saved["train"], "max_steps": 6}
     assert checkpoint.restore(out).step == 6
-
-    book = tmp_path / "book"
-    args = ["train", "--out", str(book), "--max-tokens", "2000", "--max-steps", "1", *TINY_OWN]
-    assert cli.main([*args, "--num-steps", "10"]) == 0
-    assert "defaults for your own text" not in capsys.readouterr().out
-    saved = json.loads((book / "config.json").read_text())
-    assert (saved["model"]["cell"], saved["train"]["optimizer"], saved["train"]["lr"]) == (
-        "rnn",
-        "sgd",
-        1.0,
-    )
