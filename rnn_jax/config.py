@@ -409,7 +409,7 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "run": 
 # on 1.1 MB of raw text, the one that learned best in 3,000 steps (docs/own-text.md; an
 # LSTM came within 0.01 bits per character at a costlier step). The shipped Time
 # Machine keeps the book's defaults above. The budget is 20 epochs capped at 5,000 steps
-# (whichever comes first; 5,000 steps of B 32 x T 64 are about 4 minutes on one core);
+# (whichever comes first; 5,000 steps of B 32 x T 64 took 3 min 5 s on one core here);
 # the warmup is 100 steps or a tenth of a shorter budget (``fit_warmup``).
 OWN_TEXT: dict[str, dict[str, Any]] = {
     "model": {"cell": "gru", "num_hiddens": 256, "init": "uniform"},
