@@ -701,7 +701,9 @@ def train(
 ) -> Outcome:
     """The life cycle for experiments and notebooks: ``execute`` with the configs given
     as objects (``model``: the ``ModelConfig`` fields but ``vocab_size``, which comes
-    from the data). Raises as ``execute`` does; a signal is not handled here."""
+    from the data; dicts set only their fields, so a corpus named in one gets the
+    own-text defaults for the others, ``resolve_configs``). Raises as ``execute`` does;
+    a signal is not handled here."""
 
     def fields(config: Any) -> dict[str, Any]:
         return dict(config) if isinstance(config, dict) else to_dict(config) if config else {}
