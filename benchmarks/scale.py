@@ -64,6 +64,11 @@ def train(corpus: Path, cache: Path, out: Path, max_steps: int, cpu: str) -> dic
     """One ``rnn-jax train`` process; its start time, peak RSS and warm tokens/s."""
     cmd = ["taskset", "-c", cpu, sys.executable, "-m", "rnn_jax", "train"]
     cmd += ["--corpus", str(corpus), "--token", "char", "--cell", "rnn", "--num-hiddens", "256"]
+    # The book's settings, as measured before a named corpus had defaults of its own
+    # (config.OWN_TEXT).
+    cmd += ["--init", "normal", "--num-steps", "35", "--optimizer", "sgd", "--lr", "1"]
+    cmd += ["--schedule", "constant", "--warmup-steps", "0", "--epochs", "500"]
+    cmd += ["--save-every-steps", "0"]
     cmd += ["--max-steps", str(max_steps), "--eval-every-steps", str(max(1, max_steps // 4))]
     cmd += ["--eval-tokens", "100000", "--sample-every", "0", "--no-progress"]
     cmd += ["--no-tensorboard", "--cache-dir", str(cache), "--out", str(out)]

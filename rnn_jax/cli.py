@@ -30,6 +30,8 @@ import absl.logging
 
 from rnn_jax.config import (
     AUTO,
+    OWN_TEXT,
+    SECTIONS,
     STOCHASTIC,
     STRATEGIES,
     ModelConfig,
@@ -99,12 +101,15 @@ def add_config_flags(
         "RunConfig": "run",
     }
     group = parser.add_argument_group(f"{titles.get(cls.__name__, cls.__name__)} ({cls.__name__})")
+    own_text = next((OWN_TEXT[s] for s, c in SECTIONS.items() if c is cls), {})
     for field in dataclasses.fields(cls):
         if field.name in exclude or "help" not in field.metadata:
             continue
         meta = field.metadata
         default = field.default
         shown = "none" if default is None else default
+        if field.name in own_text:
+            shown = f"{shown}; for your own --corpus: {own_text[field.name]}"
         help_text = f"{meta['help']} (default: {shown})"
         base, _ = field_type(cls, field.name)
         kwargs: dict[str, Any] = {

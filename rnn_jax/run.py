@@ -63,8 +63,11 @@ from rnn_jax.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
+    describe_defaults,
+    fit_warmup,
     flag_name,
     load_file,
+    own_text_defaults,
     to_dict,
 )
 from rnn_jax.data import encode_prefixes
@@ -187,6 +190,8 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
             prepared = prepare_new(fields, run_config, run_dir, signals)
             if main:
                 echo(input_pipeline.describe_data(prepared.train_config, prepared.dataset))
+                if any(fields.defaults.values()):
+                    echo(_describe_defaults(fields, prepared))
                 if prepared.source is not None:
                     echo(prepared.source.describe())
                 created = _open_new_folder(run_dir, lock, echo)
@@ -248,6 +253,8 @@ def prepare_new(fields: Fields, run_config: RunConfig, run_dir: Path, signals: S
         model_config = transfer.model_config(
             source_dir, source.model_config, model_fields, dataset.vocab_size
         )
+    if "warmup_steps" in fields.defaults.get("train", {}):
+        train_config = fit_warmup(train_config, input_pipeline.total_steps(train_config, dataset))
     if train_config.sample_prefix is None:  # stored, so sampling never rereads the text
         prefixes = tuple(input_pipeline.default_prefixes(dataset))
         train_config = dataclasses.replace(train_config, sample_prefix=prefixes)
@@ -478,15 +485,19 @@ class _Pause(Action):
 
 
 class Fields(NamedTuple):
-    """The config fields a request sets (by its config file or its flags), by section."""
+    """The config fields a request sets (by its config file or its flags), by section,
+    and the own-text defaults among them (``config.OWN_TEXT``), by section."""
 
     model: dict[str, Any]
     train: dict[str, Any]
     run: dict[str, Any]
+    defaults: dict[str, dict[str, Any]]
 
 
 def resolve_configs(request: TrainRequest) -> Fields:
-    """Merge the config file and the flags: the fields set either way."""
+    """Merge the config file and the flags: the fields set either way; a new run on a
+    corpus the user names (not a fine-tune or a sweep) adds the own-text defaults of the
+    others."""
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
     run: dict[str, Any] = {}
@@ -498,7 +509,17 @@ def resolve_configs(request: TrainRequest) -> Fields:
     run = {**run, **request.run}
     if train.get("corpus") is not None:
         train["corpus"] = str(Path(train["corpus"]).expanduser().absolute())
-    return Fields(model, train, run)
+    sections, defaults = {"model": model, "train": train, "run": run}, {}
+    own_text = train.get("corpus") is not None and train.get("init_from") is None
+    if own_text and request.resume is None and request.seeds is None:  # sweeps: SGD only
+        defaults = own_text_defaults(sections)
+        sections = {name: {**defaults[name], **fields} for name, fields in sections.items()}
+    return Fields(**sections, defaults=defaults)
+
+
+def _describe_defaults(fields: Fields, prepared: Prepared) -> str:
+    configs = {"model": prepared.model_config, "train": prepared.train_config}
+    return describe_defaults(fields.defaults, {**configs, "run": prepared.run_config})
 
 
 def _resumed_configs(
@@ -748,7 +769,9 @@ def train(
 ) -> Outcome:
     """The life cycle for experiments and notebooks: ``execute`` with the configs given
     as objects (``model``: the ``ModelConfig`` fields but ``vocab_size``, which comes
-    from the data). Raises as ``execute`` does; a signal is not handled here."""
+    from the data; dicts set only their fields, so a corpus named in one gets the
+    own-text defaults for the others, ``resolve_configs``). Raises as ``execute`` does;
+    a signal is not handled here."""
 
     def fields(config: Any) -> dict[str, Any]:
         return dict(config) if isinstance(config, dict) else to_dict(config) if config else {}

@@ -466,7 +466,8 @@ def test_help_documents_every_option_with_its_default() -> None:
     flags += "--epochs --partition --seed --out --resume --save-every --keep --cell --num-layers"
     for flag in flags.split():
         assert flag in proc.stdout, flag
-    assert "(default: 32)" in proc.stdout and "(default: 35)" in proc.stdout
+    assert "(default: 32)" in proc.stdout
+    assert "(default: 35; for your own --corpus: 64)" in proc.stdout  # config.OWN_TEXT
 
 
 def test_every_cell_trains_and_samples_from_the_shell(tmp_path: Path) -> None:

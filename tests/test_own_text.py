@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rnn_jax import checkpoint, cli, data, report
+from rnn_jax import checkpoint, cli, data, report, run
+from rnn_jax.config import OWN_TEXT, ModelConfig, RunConfig, TrainConfig, fit_warmup
 from tests.test_cli import assert_one_line_error, rnn_jax
 
 SMALL = ["--num-hiddens", "16", "--batch-size", "4", "--num-steps", "10", "--no-progress"]
@@ -150,3 +151,98 @@ def test_cached_corpus_equals_fresh_tokenisation(corpus: Path, tmp_path: Path) -
     again = data.load_text_corpus(corpus, preprocess="raw", cache_dir=tmp_path)
     assert again.cached and not first.cached
     assert (again.tokens == fresh.tokens).all() and again.vocab == fresh.vocab
+
+
+# ----------------------------------------------------------------- own-text defaults (issue 17)
+
+TINY_OWN = [
+    "--num-hiddens",
+    "8",
+    "--batch-size",
+    "4",
+    "--sample-every",
+    "0",
+    "--no-progress",
+    "--no-cache",
+]
+
+
+def own_fields(**request: object) -> run.Fields:
+    return run.resolve_configs(run.TrainRequest(**request))  # type: ignore[arg-type]
+
+
+def test_own_text_defaults_fill_only_the_unset_fields(corpus: Path, tmp_path: Path) -> None:
+    """A named corpus starts every field the user left unset from ``OWN_TEXT``; a flag
+    and a config file's field win over it; the shipped corpus, a resume, a fine-tune and
+    a seeds sweep get none of it."""
+    fields = own_fields(train={"corpus": str(corpus)})
+    assert fields.defaults == OWN_TEXT
+    model = ModelConfig(vocab_size=5, **fields.model)
+    train = TrainConfig(**fields.train)
+    assert (model.cell, model.num_hiddens, model.init) == ("gru", 256, "uniform")
+    assert (train.batch_size, train.num_steps, train.optimizer, train.lr) == (32, 64, "adam", 1e-2)
+    assert (train.schedule, train.warmup_steps) == ("warmup-cosine", 100)
+    assert (train.num_epochs, train.max_steps, train.eval_every_steps) == (20, 5000, 500)
+    assert RunConfig(**fields.run).save_every_steps == 500
+
+    flags = own_fields(model={"cell": "lstm"}, train={"corpus": str(corpus), "lr": 0.01})
+    assert (flags.model["cell"], flags.train["lr"]) == ("lstm", 0.01)
+    assert "cell" not in flags.defaults["model"] and "lr" not in flags.defaults["train"]
+    assert flags.model["num_hiddens"] == 256  # the others still default
+
+    file = tmp_path / "config.toml"
+    file.write_text('[model]\ncell = "rnn"\n[train]\noptimizer = "sgd"\nlr = 1.0\n')
+    from_file = own_fields(train={"corpus": str(corpus)}, config_file=file)
+    assert (from_file.model["cell"], from_file.train["optimizer"]) == ("rnn", "sgd")
+    assert from_file.train["lr"] == 1.0 and "schedule" in from_file.defaults["train"]
+
+    for request in (
+        {},  # the shipped Time Machine: the book's defaults
+        {"train": {"corpus": str(corpus)}, "resume": tmp_path},
+        {"train": {"corpus": str(corpus), "init_from": str(tmp_path)}},
+        {"train": {"corpus": str(corpus)}, "seeds": (0, 1)},  # a sweep trains SGD only
+    ):
+        assert not any(own_fields(**request).defaults.values()), request
+    book_model, book_train = ModelConfig(vocab_size=5), TrainConfig()
+    assert (book_model.cell, book_model.init, book_train.optimizer, book_train.lr) == (
+        "rnn",
+        "normal",
+        "sgd",
+        1.0,
+    )
+
+
+def test_warmup_fits_a_short_budget() -> None:
+    """100 warmup steps, or a tenth of a shorter budget (none below 10 steps)."""
+    config = TrainConfig(schedule="warmup-cosine", warmup_steps=100)
+    assert [fit_warmup(config, n).warmup_steps for n in (5000, 1000, 550, 9)] == [100, 100, 55, 0]
+
+
+def test_own_text_run_prints_and_records_its_defaults_and_resumes_with_them(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train --corpus FILE` with no model or optimizer flag: one line names the defaults
+    applied (not --num-hiddens, which is set) with the values the run uses (the warmup
+    fitted to a 4-step budget); config.json records them; --resume keeps them and prints
+    no such line."""
+    out = tmp_path / "mine"
+    args = ["train", "--out", str(out), "--corpus", str(corpus), "--max-steps", "4", *TINY_OWN]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    line = (
+        "defaults for your own text: --cell gru --init uniform --num-steps 64 --optimizer adam "
+        "--lr 0.01 --schedule warmup-cosine --warmup-steps 0 --epochs 20 --eval-every-steps 500"
+        " --save-every-steps 500 (set any flag to change it)"
+    )
+    assert printed.splitlines()[1] == line, printed
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["model"]["cell"], saved["model"]["num_hiddens"]) == ("gru", 8)
+    assert (saved["train"]["optimizer"], saved["train"]["max_steps"]) == ("adam", 4)
+    assert saved["run"]["save_every_steps"] == 500
+
+    assert cli.main(["train", "--resume", str(out), "--max-steps", "6", "--no-progress"]) == 0
+    assert "defaults for your own text" not in capsys.readouterr().out
+    resumed = json.loads((out / "config.json").read_text())
+    assert resumed["model"] == saved["model"]
+    assert resumed["train"] == {**saved["train"], "max_steps": 6}
+    assert checkpoint.restore(out).step == 6
