@@ -32,17 +32,21 @@ SIGTERM, tells every process through the coordination service, and they agree in
 background on the step to stop at, which ``agreed_stop`` asks about after each step for
 the cost of a lock (no collective). A process that dies instead makes the next collective
 of the others fail: ``lost_process`` tells that failure from any other and says who is
-gone.
+gone. Process 0 is watched besides (``coordinator_watch``): JAX ends the others itself
+when the coordination service it hosts is lost, unless they have ended first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import re
 import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -332,6 +336,72 @@ def agreed_stop(received: int | None, sync_id: int) -> int | None:
         return None
     seen = multihost_utils.process_allgather(np.asarray(received or 0, np.int32))
     return next((int(s) for s in np.ravel(seen) if s), int(signal.SIGTERM))
+
+
+_WATCHES = itertools.count()  # one key per watch; every process counts the same
+_KEPT: list[socket.socket] = []  # process 0's listening ends, open until it exits
+
+
+@contextlib.contextmanager
+def coordinator_watch(on_lost: Callable[[str], None], timeout_s: int = 60) -> Iterator[None]:
+    """While the block runs, every process but process 0 of a multi-process run calls
+    ``on_lost(detail)``, from a background thread, the moment process 0 is gone; it is
+    meant to print a line and end the process. All processes enter the block together.
+
+    Why a thread: process 0 hosts the coordination service, and when it dies JAX's client
+    ends every other process with its own fatal error (SIGABRT) as soon as its poll of the
+    service fails. A failed collective usually reaches ``lost_process`` first; a process
+    that waits in a save's barrier never does (docs/faults.md). Here process 0 listens on
+    a port of its own (published in the coordination service's key-value store) and the
+    others connect to it; nothing is ever sent, and when process 0 dies its kernel closes
+    the connections, which wakes this thread at the moment JAX's client learns it too.
+    Process 0 keeps its end open until it exits (after JAX's shutdown barrier, when the
+    others have left the block), so a finished run is never taken for a lost one. A port
+    that cannot be reached (a firewall) leaves the watch off, as before it existed.
+    """
+    if not jax.distributed.is_initialized() or jax.process_count() == 1:
+        yield
+        return
+    from jax._src import distributed  # the client's key-value store: no public API
+
+    client, key = distributed.global_state.client, f"rnn_jax/coordinator_watch/{next(_WATCHES)}"
+    armed = threading.Event()
+    if jax.process_index() == 0:
+        family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
+        server = socket.create_server(
+            ("", 0),
+            family=family,
+            backlog=jax.process_count(),
+            dualstack_ipv6=family == socket.AF_INET6,
+        )
+        _KEPT.append(server)  # the others' connections wait in its queue
+        client.key_value_set(key, str(server.getsockname()[1]))
+        yield
+        return
+    port = int(client.blocking_key_value_get(key, timeout_s * 1000))
+    host = distributed.global_state.coordinator_address.rsplit(":", 1)[0].strip("[]")
+    try:
+        connection = socket.create_connection((host, port), timeout=min(timeout_s, 5))
+        connection.settimeout(None)
+    except OSError:
+        yield
+        return
+
+    def watch() -> None:
+        try:
+            connection.recv(1)
+            detail = "its connection closed"
+        except OSError as err:
+            detail = f"its connection failed: {err.strerror or err}"
+        if armed.is_set():
+            on_lost(detail)
+
+    armed.set()
+    threading.Thread(target=watch, name="rnn_jax-coordinator-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        armed.clear()
 
 
 # Failures of a collective or of the coordination service that mean a process is gone:

@@ -19,7 +19,8 @@
 ``execute(request)`` runs it and returns an ``Outcome`` or raises: ``Interrupted``
 (a signal before training started: nothing is left but a restartable folder),
 ``RunError`` (exit 1: the run broke, the message names the last good checkpoint; its
-``ProcessLostError`` when another process of a multi-process run is gone) or
+``ProcessLostError`` when another process of a multi-process run is gone; a process
+that loses process 0 while training exits 1 from ``parallel.coordinator_watch``) or
 ``ValueError``/``OSError``/``CheckpointError`` (bad input: nothing was written).
 ``train_from_request`` is the command line's: it prints and returns the exit status.
 ``train`` is the experiments'. With several processes, process 0 alone prints, owns the
@@ -30,10 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import shutil
 import signal
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,7 +218,8 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
         start_up.lap("data")
         save_timeout = request.distributed_timeout if jax.process_count() > 1 else None
         progress = request.progress if main else False
-        return _train(prepared, signals, echo, progress, save_timeout, start_up)
+        with parallel.coordinator_watch(_lost_coordinator(request, run_dir), save_timeout or 60):
+            return _train(prepared, signals, echo, progress, save_timeout, start_up)
     except BaseException as err:  # a signal, bad input, a failure: a folder this run made
         # and never checkpointed is not left behind
         if created and not checkpoint.has_checkpoints(run_dir):
@@ -658,6 +662,21 @@ def _resume_hint(request: TrainRequest, run_dir: Path) -> str:
         return "no checkpoint was written: run the same commands again to restart the folder"
     command = _resume_command(request, run_dir, request.process_id)
     return f"the last good checkpoint is step {steps[-1]}; continue with: {command}"
+
+
+def _lost_coordinator(request: TrainRequest, run_dir: Path) -> Callable[[str], None]:
+    """What a process does when ``parallel.coordinator_watch`` finds process 0 gone: the
+    line a ``ProcessLostError`` gives on the command line, and exit 1 at once, from the
+    watch's thread (JAX's client would end the process a moment later with SIGABRT)."""
+
+    def lost(detail: str) -> None:
+        who = f"process 0 of {jax.process_count()} (the coordinator)"
+        line = f"{who} is unreachable ({detail}); {_resume_hint(request, run_dir)}"
+        print(f"rnn-jax: error: {line}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # the command line's exit status for a failed run
+
+    return lost
 
 
 def _run_dir(request: TrainRequest, kind: str) -> Path:

@@ -38,9 +38,11 @@ Result (full, seed 0, 555 s): signals 8/8, corruption 105/105, bad input 21/21, 
 full 9/9 passed. Its first run, before the fixes it prompted, failed 5 corruption trials
 (Orbax's log of a damaged ``_CHECKPOINT_METADATA``, orphaned read coroutines printed as
 tracebacks); a SIGTERM landing after training killed the process with no report.
-Processes (``--only processes``, 483 s): 12/16; the 4 failures are JAX's own fatal error
-ending a survivor of a lost coordinator (3) and one abort of XLA's CPU thread pool in a
-resume on two simulated devices (docs/faults.md, "Several processes").
+Processes (``--only processes``, 187 s, 2026-12-03): 16/16. Before
+``parallel.coordinator_watch`` (481 s): 13/16, the 3 failures JAX's own fatal error
+ending a survivor whose coordinator was killed while it waited inside a save; before the
+thread-pool fix of ``rnn_jax/__init__.py``, one more, an abort of XLA's CPU thread pool
+in a resume on two simulated devices (docs/faults.md, "Several processes").
 """
 
 from __future__ import annotations
@@ -771,8 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax's read-only notes
     campaign = Campaign(work, args.seed, args.quick)
     started = time.monotonic()
-    # --quick kills process 1 only: a lost coordinator (process 0) may be ended by JAX's
-    # own fatal error before its line (docs/faults.md), which the full run counts.
+    # --quick kills process 1 only; tests/test_multihost.py kills the coordinator.
     quick = {
         "signals": lambda: campaign.signals(1),
         "corruption": lambda: campaign.corruption(limit=4),

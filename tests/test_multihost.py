@@ -84,42 +84,52 @@ def test_a_lost_process_is_told_from_other_errors(monkeypatch: pytest.MonkeyPatc
     assert parallel.lost_process(FloatingPointError("training loss became nan")) is None
 
 
-def test_the_coordinator_killed_mid_run(campaign, tmp_path: Path) -> None:
-    """kill -9 of process 0, which hosts the coordination service: process 1 exits 1 with
-    one line naming process 0 and the last good checkpoint, no Python traceback, nothing
-    else but JAX's client's fatal error, which it prints the moment it loses the service.
-    That client may also end the process first (SIGABRT; ``docs/faults.md``): the outcome
-    is accepted, and told apart. Every finished checkpoint is intact, and its arrays
-    carry checksums, gathered from both processes, that a restore verifies."""
+@pytest.mark.parametrize("moment", ["mid-run", "while a save waits"])
+def test_the_coordinator_killed(campaign, tmp_path: Path, moment: str) -> None:
+    """kill -9 of process 0, which hosts the coordination service, mid-run or while
+    process 1 waits for it inside a save (process 0's part of the save never ends):
+    process 1 exits 1 with one line naming process 0 and the last good checkpoint, no
+    Python traceback, nothing else but JAX's client's fatal error if it got there first
+    (``parallel.coordinator_watch`` ends the process before that client's abort; without
+    the watch, every wait inside a save ended in SIGABRT). Every finished checkpoint is
+    intact, and its arrays carry checksums, gathered from both processes, that a restore
+    verifies."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(CACHE)}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI's own choice of JAX's C++ log
     args = ["--out", str(run_dir), *campaign.HOSTS, "--epochs", "1000"]
-    pair = campaign.TwoProcesses(tmp_path / "output", args, env)
-    first = checkpoint.checkpoint_dir(run_dir) / str(campaign.HOSTS_K)
+    metrics, nth = run_dir / "metrics.jsonl", 2
+    if moment == "mid-run":
+        wrap = None
+        first = checkpoint.checkpoint_dir(run_dir) / str(campaign.HOSTS_K)
+        ready = first.is_dir
+    else:  # process 0 wrote the record after its 2nd save: both wait in the next one
+        marker = tmp_path / "saving"
+        wrap = {0: [campaign.BLOCK_SAVE, str(marker), str(nth), "hang"]}
+        args += ["--distributed-timeout", "10"]
+
+        def ready() -> bool:
+            return metrics.exists() and len(metrics.read_text().splitlines()) > nth
+
+    pair = campaign.TwoProcesses(tmp_path / "output", args, env, wrap)
     try:
-        campaign.wait_until(lambda: first.is_dir() or pair.exited(), 300, "first checkpoint")
+        campaign.wait_until(lambda: ready() or pair.exited(), 300, f"the moment ({moment})")
         pair.procs[0].kill()
         codes = pair.wait(timeout=120)
     finally:
         pair.close()
     err = pair.text(1, "err")
-    assert codes[0] == -signal.SIGKILL and "Traceback" not in err, (codes, err)
+    assert codes == [-signal.SIGKILL, 1] and "Traceback" not in err, (codes, err)
     steps = checkpoint.finished_steps(run_dir)
-    if codes[1] == -signal.SIGABRT:  # JAX's fatal error came first
-        assert "Terminating process because the JAX distributed service" in err, err
-    else:
-        assert codes[1] == 1, (codes, err)
-        ours = [line for line in err.splitlines() if line.startswith("rnn-jax:")]
-        assert ours == [err.strip().splitlines()[-1]], err
-        assert ours[0].startswith("rnn-jax: error: process 0 of 2 (the coordinator) is unreachable")
-        assert (
-            f"the last good checkpoint is step {steps[-1]}; continue with: rnn-jax train "
-            in ours[0]
-        )
-        assert f"--resume {run_dir} --coordinator 127.0.0.1:" in ours[0]
-        others = [line for line in err.splitlines() if not line.startswith("rnn-jax:")]
-        assert all(campaign.JAX_FATAL.match(line) for line in others), err
+    ours = [line for line in err.splitlines() if line.startswith("rnn-jax:")]
+    assert ours == [err.strip().splitlines()[-1]], err
+    assert ours[0].startswith("rnn-jax: error: process 0 of 2 (the coordinator) is unreachable")
+    assert f"the last good checkpoint is step {steps[-1]}; continue with: rnn-jax train " in ours[0]
+    assert f"--resume {run_dir} --coordinator 127.0.0.1:" in ours[0]
+    others = [line for line in err.splitlines() if not line.startswith("rnn-jax:")]
+    assert all(campaign.JAX_FATAL.match(line) for line in others), err
+    if moment != "mid-run":
+        assert steps == [campaign.HOSTS_K * k for k in range(1, nth)], steps  # not the hung one
     assert steps and checkpoint.intact_steps(run_dir) == steps
     integrity = checkpoint.checkpoint_dir(run_dir) / str(steps[-1]) / "integrity" / "metadata"
     record = json.loads(integrity.read_text())
