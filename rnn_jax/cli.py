@@ -462,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if hosts else "2")
     # The one late import: the library loads JAX, which must start after the signal
     # handlers above, so that a signal during its start-up is noted, not lost.
-    from rnn_jax import checkpoint, export, readers, run
+    from rnn_jax import checkpoint, export, readers, run, seeds
 
     absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax and JAX log INFO and WARNING
     checkpoint.quiet_orbax_logs()
@@ -474,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 started=started,
                 compilation_cache=argv_given is None,  # a process of its own: its JAX is ours
             )
+            if request.seeds is not None:
+                if signals is not None:
+                    signals.__exit__()  # a sweep is not resumable: a signal stops it
+                return seeds.train_seeds(request)
             return run.train_from_request(request, signals)
         if argv_given is None and args.command in ("eval", "sample"):
             readers.use_compilation_cache(args.checkpoint)

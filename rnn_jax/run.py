@@ -3,7 +3,7 @@
     prepare  a new run (``prepare_new``) or a resume (``prepare_resume``), each giving a
              ``Prepared``: the configs (defaults < config file < flags, each field
              checked where it is defined), the dataset, and everything that can fail
-             before training checked (``check_run``), before anything is written; a
+             before training checked (``checks``), before anything is written; a
              fine-tune (``--init-from``) is a new run from another run's parameters
              (``transfer``: the source restored and verified, the vocabulary remapped)
     folder   process 0 creates and locks the folder (``RUN_DIR/.lock``, held until the
@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -50,13 +49,13 @@ from tqdm.auto import tqdm
 
 from rnn_jax import (
     checkpoint,
+    checks,
     compile_cache,
     input_pipeline,
     loop,
     parallel,
     report,
     run_folder,
-    sweep,
     transfer,
 )
 from rnn_jax.actions import Action, Every, NonFiniteLossError, Plan, RecordPoint, Save, StopWhen
@@ -73,7 +72,6 @@ from rnn_jax.config import (
     own_text_defaults,
     to_dict,
 )
-from rnn_jax.data import encode_prefixes
 from rnn_jax.input_pipeline import Dataset
 from rnn_jax.run_folder import RunLock
 from rnn_jax.signals import Signals, pause_point, pause_requested
@@ -180,7 +178,7 @@ def execute(request: TrainRequest, signals: Signals | None = None) -> Outcome:
     fine_tune = fields.train.get("init_from") is not None
     run_dir = _run_dir(request, "finetune" if fine_tune else fields.model.get("cell", "rnn"))
     run_config = _run_config(fields, request.resume)  # checked before anything is done
-    _compile_through_cache(request, run_config)
+    compile_through_cache(request, run_config)
     if parallel.distributed_requested(request.coordinator, request.num_processes):
         signals.check()  # before joining, a signal stops this process alone
         _join(request, run_config)
@@ -262,7 +260,7 @@ def prepare_new(fields: Fields, run_config: RunConfig, run_dir: Path, signals: S
     if train_config.sample_prefix is None:  # stored, so sampling never rereads the text
         prefixes = tuple(input_pipeline.default_prefixes(dataset))
         train_config = dataclasses.replace(train_config, sample_prefix=prefixes)
-    check_run(model_config, train_config, dataset, run_config)
+    checks.check_run(model_config, train_config, dataset, run_config)
     signals.check()
     mesh = parallel.mesh_for(run_config.devices)
     prepared = Prepared(run_dir, model_config, train_config, run_config, dataset, mesh)
@@ -296,8 +294,8 @@ def prepare_resume(
     model_config, train_config = _resumed_configs(restored, fields.model, fields.train)
     dataset = _load_dataset(train_config, run_config)
     signals.check()
-    _check_corpus(restored, dataset, run_dir)
-    check_run(model_config, train_config, dataset, run_config)
+    checks.check_resumed_corpus(restored, dataset, run_dir)
+    checks.check_run(model_config, train_config, dataset, run_config)
     signals.check()
     source = restored.extra.get("init_from")
     source = None if source is None else transfer.Source.from_json(source)
@@ -320,7 +318,7 @@ def _run_config(fields: Fields, resume: Path | None) -> RunConfig:
 def _open_new_folder(run_dir: Path, lock: RunLock, echo: Callable[[str], None]) -> bool:
     """Create (if need be) and lock a new run's folder; refuse one that holds a finished
     run, restart a dead one. Returns whether this call created the folder."""
-    created = _make_folder(run_dir)
+    created = run_folder.make_folder(run_dir)
     try:
         lock.acquire()
     except ValueError:
@@ -557,74 +555,6 @@ def _resumed_configs(
     return model_config, dataclasses.replace(saved_train, **changes)
 
 
-def _check_corpus(restored: checkpoint.Restored, dataset: Dataset, run_dir: Path) -> None:
-    saved = restored.corpus
-    if saved and saved.get("sha256") and saved.get("sha256") != dataset.fingerprint.get("sha256"):
-        where = restored.train_config.corpus or "the shipped corpus"
-        raise ValueError(
-            f"the corpus {where} changed since {run_dir} was trained (sha256 "
-            f"{saved['sha256'][:12]}... then, {dataset.fingerprint['sha256'][:12]}... now); "
-            "resuming would train on other text"
-        )
-    if dataset.vocab != restored.vocab:
-        raise ValueError(
-            f"the corpus now gives a different vocabulary than the one {run_dir} was trained with"
-        )
-
-
-def check_run(
-    model_config: ModelConfig, config: TrainConfig, dataset: Dataset, run_config: RunConfig
-) -> None:
-    """Everything that can be checked before the first step, so that nothing that can
-    fail then fails after training: the prefixes, the evaluation sizes, the memory the
-    model needs, the devices. Raises ``ValueError`` with one line."""
-    if model_config.vocab_size != dataset.vocab_size:
-        raise ValueError(
-            f"model vocab_size {model_config.vocab_size} != dataset vocab size {dataset.vocab_size}"
-        )
-    if config.sample_every or config.sample_prefix:
-        prefixes = input_pipeline.sample_prefixes(config, dataset)
-        encode_prefixes(prefixes, dataset.vocab, dataset.token, dataset.preprocess)
-    if config.eval_tokens is not None and config.eval_tokens < 2:
-        raise ValueError(f"eval_tokens must be at least 2, got {config.eval_tokens}")
-    check_memory(model_config, config)
-    parallel.check_devices(run_config.devices, config.batch_size)
-
-
-def check_memory(model_config: ModelConfig, config: TrainConfig) -> None:
-    """Refuse sizes whose parameters, optimizer state and activations cannot fit in this
-    machine's available memory, with the estimate, before anything is allocated."""
-    need = estimate_bytes(model_config, config)
-    available = _available_bytes()
-    if available is not None and need > available:
-        raise ValueError(
-            f"this model needs about {need / 2**30:,.1f} GiB to train (parameters, optimizer "
-            f"state, activations of B {config.batch_size} x T {config.num_steps}); "
-            f"{available / 2**30:,.1f} GiB is available"
-        )
-
-
-def estimate_bytes(model_config: ModelConfig, config: TrainConfig) -> int:
-    """A lower bound of training memory in bytes: parameters, gradients and optimizer
-    state (4 copies, float32), and what the scan saves for the backward pass."""
-    V, H, L = model_config.vocab_size, model_config.num_hiddens, model_config.num_layers
-    gates = model_config.num_gates
-    params = L * gates * (2 * H * H + H) + V * gates * H + H * V + V
-    B, T = config.batch_size, config.num_steps
-    activations = L * T * B * H * (2 * gates + 2) + 2 * T * B * V
-    return 4 * (4 * params + activations)
-
-
-def _available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -695,34 +625,15 @@ def _run_dir(request: TrainRequest, kind: str) -> Path:
         raise ValueError("--out must name a folder")
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir} is a file, not a folder")
-    _check_outside_runs(run_dir)
+    run_folder.check_outside_runs(run_dir)
     return run_dir
-
-
-def _check_outside_runs(run_dir: Path) -> None:
-    """Refuse a new run folder inside another run's (its checkpoints/, a sweep's folder)."""
-    enclosing = run_folder.enclosing_run(run_dir)
-    if enclosing is not None:
-        raise ValueError(
-            f"--out {run_dir} lies inside the run folder {enclosing}; choose a folder outside it"
-        )
-
-
-def _make_folder(run_dir: Path) -> bool:
-    """``mkdir -p run_dir``; whether it did not exist before."""
-    try:
-        created = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create run folder {run_dir}: {err.strerror or err}") from None
-    return created
 
 
 def _silent(text: str) -> None:
     del text
 
 
-def _compile_through_cache(request: TrainRequest, run_config: RunConfig) -> None:
+def compile_through_cache(request: TrainRequest, run_config: RunConfig) -> None:
     """A command's process compiles through JAX's persistent compilation cache beside the
     token cache (``compile_cache``); with ``--no-cache`` it uses neither."""
     folder = cache_folder(run_config.cache, run_config.cache_dir)
@@ -810,13 +721,13 @@ def train(
 
 
 def train_from_request(request: TrainRequest, signals: Signals | None = None) -> int:
-    """``rnn-jax train``: run ``execute`` (or a sweep) and print its report; the exit
-    status (0, or 128 + signal) is returned, failures raise for the CLI to print.
-    ``signals``: handlers the caller installed as early as it could (else installed here)."""
+    """``rnn-jax train``: run ``execute`` and print its report; the exit status (0, or
+    128 + signal) is returned, failures raise for the CLI to print. ``signals``: handlers
+    the caller installed as early as it could (else installed here). A request with
+    ``seeds`` is a sweep, which ``seeds.train_seeds`` runs."""
+    if request.seeds is not None:
+        raise ValueError("a request with seeds is a sweep: run it with seeds.train_seeds")
     with contextlib.nullcontext(signals) if signals else Signals() as signals:
-        if request.seeds is not None:
-            signals.__exit__()  # a sweep is not resumable: a signal stops it (KeyboardInterrupt)
-            return train_seeds(request)
         outcome = execute(request, signals)
         return _report(request, outcome)  # under the handlers: a late signal is only noted
 
@@ -840,78 +751,3 @@ def _report(request: TrainRequest, outcome: Outcome) -> int:
         )
         echo(f"done: {report.summary(result.history[-1])}{start_up}; run folder {outcome.run_dir}")
     return 0
-
-
-# --------------------------------------------------------------------------- seeds
-
-
-def default_sweep_mode() -> str:
-    """``loop`` on CPU, where a loop of jitted solo steps measured faster than one vmapped
-    step in 6 of 8 settings, and by 1.8x where the work is largest
-    (``benchmarks/results/sweep``); ``vmap`` on accelerators."""
-    return "loop" if jax.default_backend() == "cpu" else "vmap"
-
-
-def train_seeds(request: TrainRequest) -> int:
-    """``rnn-jax train --seeds S,S,...``: one member per seed, trained together
-    (``rnn_jax.sweep``), each in its own subfolder, the parent folder holding
-    ``sweep.json`` and the mean and min-max band of the members' curves."""
-    if request.resume is not None:
-        raise ValueError(
-            "--seeds starts a new sweep; continue one member with --resume RUN/member-..."
-        )
-    fields = resolve_configs(request)
-    if fields.train.get("init_from") is not None:
-        raise ValueError(f"--seeds starts members from their seeds, not {transfer.FLAG}")
-    cell = fields.model.get("cell", "rnn")
-    run_dir = request.out or Path("runs") / f"{cell}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
-    _check_outside_runs(run_dir)
-    signals = Signals()
-    signals.training = True  # a sweep is not resumable: a signal stops it (KeyboardInterrupt)
-    run_config = RunConfig(**fields.run)
-    _compile_through_cache(request, run_config)
-    prepared = prepare_new(fields, run_config, run_dir, signals)
-    train_config, dataset = prepared.train_config, prepared.dataset
-    members = sweep.grid(prepared.model_config, train_config, seeds=request.seeds)
-    sweep.validate_members(members)
-    mode = request.sweep_mode or default_sweep_mode()
-    created = _make_folder(run_dir)
-    lock = RunLock(run_dir)
-    try:
-        lock.acquire()
-        if {p.name for p in run_dir.iterdir()} - {run_folder.LOCK}:
-            raise ValueError(f"--out {run_dir} is not empty; choose a new --out for a sweep")
-        lock.claim()
-        request.echo(input_pipeline.describe_data(train_config, dataset))
-        request.echo(
-            f"{len(members)} members (seeds {', '.join(map(str, request.seeds or ()))}), {mode}"
-        )
-        results = sweep.fit_sweep(members, dataset, out_dir=run_dir, mode=mode, echo=request.echo)
-    except BaseException:
-        if created and not _member_checkpoints(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        lock.release()
-    _report_seeds(request.echo, results, run_dir)
-    return 0
-
-
-def _member_checkpoints(run_dir: Path) -> list[int]:
-    """The finished checkpoints of every member folder below ``run_dir``."""
-    return [s for sub in run_dir.glob("member-*") for s in checkpoint.finished_steps(sub)]
-
-
-def _report_seeds(
-    echo: Callable[[str], None], results: list[sweep.MemberResult], run_dir: Path
-) -> None:
-    finals = [r.history[-1] for r in results if r.history and not r.diverged]
-    for key, name in (("train_ppl", "perplexity"), ("val_ppl", "validation perplexity")):
-        values = [f[key] for f in finals if f.get(key) is not None]
-        if len(values) >= 2:
-            echo(
-                f"{name}: mean {statistics.mean(values):.3f}, std {statistics.stdev(values):.3f}, "
-                f"min {min(values):.3f}, max {max(values):.3f} over {len(values)} members"
-            )
-    diverged = sum(r.diverged for r in results)
-    echo(f"done: {len(results)} members ({diverged} diverged); run folder {run_dir}")

@@ -13,7 +13,7 @@
 ``config.json`` is written (``write_config``) and read (``load_config``, ``read_config``)
 here only. It says whose the folder is: ``check_own`` refuses a checkpoint it does not
 describe (another run's ``checkpoints/`` copied in), and ``enclosing_run`` finds the run
-a new folder would lie inside.
+a new folder would lie inside (``check_outside_runs`` refuses it).
 """
 
 from __future__ import annotations
@@ -160,6 +160,25 @@ def enclosing_run(path: Path) -> Path | None:
         if "run_info" in config or ((parent / LOCK).is_file() and holds_run(parent)):
             return parent
     return None
+
+
+def check_outside_runs(run_dir: Path) -> None:
+    """Refuse a new run folder inside another run's (its checkpoints/, a sweep's folder)."""
+    enclosing = enclosing_run(run_dir)
+    if enclosing is not None:
+        raise ValueError(
+            f"--out {run_dir} lies inside the run folder {enclosing}; choose a folder outside it"
+        )
+
+
+def make_folder(run_dir: Path) -> bool:
+    """``mkdir -p run_dir``; whether it did not exist before."""
+    try:
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create run folder {run_dir}: {err.strerror or err}") from None
+    return created
 
 
 def run_info() -> dict[str, Any]:
