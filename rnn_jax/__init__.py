@@ -1,5 +1,6 @@
 """rnn_jax: the recurrent language models of Dive into Deep Learning in pure JAX."""
 
+import ctypes
 import os
 
 __version__ = "0.1.0"
@@ -21,4 +22,32 @@ def _threads_for_simulated_devices() -> None:
         os.environ["NPROC"] = str(max(int(nproc) if nproc.isdigit() else 0, floor))
 
 
+def _reuse_freed_memory() -> None:
+    """glibc's malloc keeps the large blocks XLA frees, to hand them out again.
+
+    XLA's CPU client allocates a step's temporary buffers as one block (about 35 MB for
+    an LSTM at H 256, T 64, B 32). glibc maps any block over 32 MB afresh from the kernel
+    and unmaps it when it is freed, so every train step faulted in and zeroed that many
+    pages again: 8,562 page faults a step, a third of the step's time at T 64
+    (``docs/performance.md``). With ``mmap`` off (``M_MMAP_MAX`` 0; glibc still maps
+    when its heap cannot grow) and the heap's free top kept up to 2 GiB
+    (``M_TRIM_THRESHOLD``), the block is reused. The process's resident memory stays at
+    its peak instead of shrinking. A thread's own heap still maps a block over 64 MB
+    (an LSTM at H 512, T 64); one heap for every thread (``M_ARENA_MAX`` 1) would reuse
+    those too, but made compiling about 5% slower, so it is left out. Other C libraries
+    (macOS, musl) are left as they are.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: its mallopt takes these
+        return
+    mallopt = libc.mallopt
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
+    mallopt(M_MMAP_MAX, 0)
+    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
 _threads_for_simulated_devices()
+_reuse_freed_memory()
