@@ -345,8 +345,9 @@ _KEPT: list[socket.socket] = []  # process 0's listening ends, open until it exi
 @contextlib.contextmanager
 def coordinator_watch(on_lost: Callable[[str], None], timeout_s: int = 60) -> Iterator[None]:
     """While the block runs, every process but process 0 of a multi-process run calls
-    ``on_lost(detail)``, from a background thread, the moment process 0 is gone; it is
-    meant to print a line and end the process. All processes enter the block together.
+    ``on_lost(what)`` (``process 0 of P (the coordinator) is unreachable (...)``, as
+    ``lost_process`` says it), from a background thread, the moment process 0 is gone; it
+    is meant to print a line and end the process. All processes enter the block together.
 
     Why a thread: process 0 hosts the coordination service, and when it dies JAX's client
     ends every other process with its own fatal error (SIGABRT) as soon as its poll of the
@@ -394,7 +395,7 @@ def coordinator_watch(on_lost: Callable[[str], None], timeout_s: int = 60) -> It
         except OSError as err:
             detail = f"its connection failed: {err.strerror or err}"
         if armed.is_set():
-            on_lost(detail)
+            on_lost(f"{process_name(0)} is unreachable ({detail})")
 
     armed.set()
     threading.Thread(target=watch, name="rnn_jax-coordinator-watch", daemon=True).start()
@@ -436,11 +437,14 @@ def lost_process(err: BaseException) -> str | None:
         link = link.__cause__ or link.__context__
     if cause is None:
         return None
-    P, other = jax.process_count(), 1 - jax.process_index()
-    if P == 2:
-        who = f"process {other} of 2{' (the coordinator)' if other == 0 else ''}"
-    else:
-        who = f"another of the {P} processes"
+    P = jax.process_count()
+    who = process_name(1 - jax.process_index()) if P == 2 else f"another of the {P} processes"
     detail = _NOISE.sub("", str(cause).strip().splitlines()[0])
     detail = detail if len(detail) <= 200 else detail[:197] + "..."
     return f"{who} is unreachable ({detail})"
+
+
+def process_name(index: int) -> str:
+    """``process I of P``, and ``(the coordinator)`` for process 0, which hosts JAX's
+    coordination service."""
+    return f"process {index} of {jax.process_count()}{' (the coordinator)' if index == 0 else ''}"

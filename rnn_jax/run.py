@@ -599,9 +599,8 @@ def _lost_coordinator(request: TrainRequest, run_dir: Path) -> Callable[[str], N
     line a ``ProcessLostError`` gives on the command line, and exit 1 at once, from the
     watch's thread (JAX's client would end the process a moment later with SIGABRT)."""
 
-    def lost(detail: str) -> None:
-        who = f"process 0 of {jax.process_count()} (the coordinator)"
-        line = f"{who} is unreachable ({detail}); {_resume_hint(request, run_dir)}"
+    def lost(what: str) -> None:
+        line = f"{what}; {_resume_hint(request, run_dir)}"
         print(f"rnn-jax: error: {line}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)  # the command line's exit status for a failed run
