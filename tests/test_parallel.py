@@ -28,6 +28,7 @@ import pytest
 
 from rnn_jax import input_pipeline, model, parallel, sample, step
 from rnn_jax.config import LINEAR_CELLS, ModelConfig, TrainConfig
+from tests.import_effect import last_words
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,30 +279,19 @@ def test_simulated_devices_get_two_cpu_threads_each():
     """``import rnn_jax`` before JAX starts raises XLA's CPU pool from 4 threads (one per
     simulated device, which deadlocked in collectives) to 8 (``NPROC``)."""
     count = (
-        "import os, sys, jax\n"
-        "if sys.argv[1] == 'rnn_jax': import rnn_jax\n"
+        "import os, jax\n"
         "jax.jit(lambda x: x + 1)(1.0).block_until_ready()\n"
         "d = '/proc/self/task'\n"
         "names = [open(f'{d}/{t}/comm').read() for t in os.listdir(d)]\n"
         "print(sum(name.startswith('tf_XLAEigen') for name in names))\n"
     )
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "4", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "4"}
     for key in ("XLA_FLAGS", "NPROC"):
         env.pop(key, None)
-    threads = {
-        first: subprocess.run(
-            [sys.executable, "-c", count, first],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        ).stdout.split()[-1]
-        for first in ("jax", "rnn_jax")
-    }
+    threads = last_words(count, env)
     assert int(threads["rnn_jax"]) >= 8
     if len(os.sched_getaffinity(0)) < 8:
-        assert int(threads["jax"]) < 8  # XLA's own size: max(cores, devices)
+        assert int(threads["alone"]) < 8  # XLA's own size: max(cores, devices)
 
 
 def test_unreachable_coordinator_fails_in_bounded_time():

@@ -17,9 +17,8 @@ import pytest
 from rnn_jax import checkpoint, input_pipeline
 from rnn_jax.actions import count, duration, plan_line
 from rnn_jax.config import TrainConfig
+from tests.import_effect import last_words
 from tests.test_cli import CACHE, TINY, leaves_digest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # ``rnn-jax ARGS`` as its own process (``cli.main()`` reading sys.argv, as the entry
 # point does), printing the compilation cache's events JAX counted as one JSON line on
@@ -130,8 +129,7 @@ def test_freed_blocks_are_reused_not_faulted_in_again() -> None:
     reuses it (``rnn_jax._reuse_freed_memory``; the steps' figures are in
     docs/performance.md). Counted, not timed; one thread, so the count is exact."""
     program = (
-        "import resource, sys\n"
-        "if sys.argv[1] == 'rnn_jax': import rnn_jax\n"
+        "import resource\n"
         "import numpy as np\n"
         "for i in range(10):\n"
         "    if i == 5: before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
@@ -139,19 +137,6 @@ def test_freed_blocks_are_reused_not_faulted_in_again() -> None:
         "    del block\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    faults = {
-        first: int(
-            subprocess.run(
-                [sys.executable, "-c", program, first],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            ).stdout.split()[-1]
-        )
-        for first in ("numpy", "rnn_jax")
-    }
-    assert faults["numpy"] >= 5 * 10, faults  # mapped afresh each of the last 5 times
+    faults = {first: int(words) for first, words in last_words(program).items()}
+    assert faults["alone"] >= 5 * 10, faults  # mapped afresh each of the last 5 times
     assert faults["rnn_jax"] <= 5, faults
