@@ -235,7 +235,17 @@ def vjp_both_modes(
 
 
 def _sum_outer(A: jax.Array, dZ: jax.Array) -> jax.Array:
-    """``sum_t A_t^T dZ_t`` for ``(T, B, I)``, ``(T, B, J)``: one ``(I, T B) @ (T B, J)`` matmul."""
+    """``sum_t A_t^T dZ_t`` for ``(T, B, I)``, ``(T, B, J)``: one ``(I, T B) @ (T B, J)`` matmul.
+
+    Traced on a mesh (``step.make_train_step`` sets it as the abstract mesh) the rows B are
+    split over the devices, and merging them into T B would all-gather both operands to
+    every device, each then computing the whole product. There the same sum is written
+    over ``t`` and ``b`` together, which XLA partitions into each device's own product and
+    an all-reduce of the ``(I, J)`` result. On one device that form costs a transposed copy
+    of ``dZ``, so the book's path keeps the reshape.
+    """
+    if not jax.sharding.get_abstract_mesh().empty:
+        return jnp.einsum("tbi,tbj->ij", A, dZ)
     return A.reshape(-1, A.shape[-1]).T @ dZ.reshape(-1, dZ.shape[-1])
 
 

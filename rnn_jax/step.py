@@ -236,8 +236,9 @@ def make_train_step(
     On ``mesh`` the same function is jitted with the shardings of ``parallel``: the state
     as ``state_shardings`` in and out, the batch ``(B, T)`` split by rows, the metrics
     replicated; XLA partitions the step (the gradients' mean over B becomes an
-    all-reduce). Its inputs must be placed so (``init_train_state(..., mesh)``,
-    ``parallel.put_batch``, ``parallel.zero_hidden``).
+    all-reduce; the mesh is set while tracing, so that the weight gradients are summed
+    per device, see ``cells._sum_outer``). Its inputs must be placed so
+    (``init_train_state(..., mesh)``, ``parallel.put_batch``, ``parallel.zero_hidden``).
     """
 
     def bound(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -250,8 +251,13 @@ def make_train_step(
     init = functools.partial(init_train_state, model_config, optimizer, 1)
     states = parallel.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
     rows, full = parallel.data_sharding(mesh), parallel.replicated(mesh)
+
+    def on_mesh(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # read by cells._sum_outer
+            return bound(state, batch)
+
     return jax.jit(
-        bound, donate_argnums=0, in_shardings=(states, (rows, rows)), out_shardings=(states, full)
+        on_mesh, donate_argnums=0, in_shardings=(states, (rows, rows)), out_shardings=(states, full)
     )
 
 

@@ -174,7 +174,24 @@ def child_meshes() -> dict:
                     gaps["eval"] = max(gaps["eval"], abs(val - ref_eval) / ref_eval)
     with pytest.raises(ValueError) as err:
         parallel.check_batch(32, parallel.make_mesh(3))
-    return {"gaps": gaps, "errors": [str(err.value)]}
+    return {"gaps": gaps, "errors": [str(err.value)], "gathers": _gathers(dataset)}
+
+
+def _gathers(dataset: input_pipeline.Dataset) -> dict[str, int]:
+    """The all-gathers in each model's train step on 8 devices: each device should sum
+    its own rows' weight gradients (``cells._sum_outer``), not gather every row's
+    ``(T, B, .)`` activations and gradients to compute the whole sum."""
+    mesh, X = parallel.make_mesh(), np.zeros((TRAIN.batch_size, TRAIN.num_steps), np.int32)
+    counts = {}
+    for name in MODELS:
+        model_config, optimizer = _model_config(dataset, name), step.make_optimizer(TRAIN)
+        state = step.init_train_state(
+            model_config, optimizer, TRAIN.batch_size, jax.random.key(0), mesh
+        )
+        train_step = step.make_train_step(model_config, optimizer, True, mesh)
+        hlo = train_step.lower(state, parallel.put_batch(X, X, mesh)).compile().as_text()
+        counts[name] = hlo.count(" all-gather(")
+    return counts
 
 
 def child_unreachable(port: str) -> dict:
@@ -223,6 +240,7 @@ def test_meshes_of_1_2_4_8_devices_train_as_one_device():
     result = _run("meshes", devices=8, timeout=400)
     print("largest gaps to one device:", result["gaps"])
     assert result["errors"] == ["batch size 32 does not divide by the 3 devices"]
+    assert result["gathers"] == dict.fromkeys(MODELS, 0)
 
 
 def test_bfloat16_tracks_float32(dataset):
