@@ -55,12 +55,13 @@ LEARNING_RATES = {"sgd": 1.0, "adam": 2e-3}
 # ------------------------------------------------------------------ data
 
 
-def write_data(path: Path, batch_size: int, num_steps: int) -> int:
-    """Tokenise the raw Time Machine (one id per distinct character), hold out the last
-    10%, and write both partitions as ``(K, B, T)`` arrays to ``path`` (npz). Returns V."""
+def write_data(path: Path, batch_size: int, num_steps: int, corpus: Path | None = None) -> int:
+    """Tokenise the raw Time Machine, or ``corpus`` (one id per distinct character), hold
+    out the last 10%, and write both partitions as ``(K, B, T)`` arrays to ``path`` (npz).
+    Returns V."""
     from rnn_jax import data, input_pipeline  # here: the harness itself needs no JAX
 
-    text = data.read_text()
+    text = data.read_text() if corpus is None else corpus.read_text(encoding="utf-8")
     chars = np.array(list(text))
     vocab, ids = np.unique(chars, return_inverse=True)
     train, val = input_pipeline.train_val_split(ids.astype(np.int32), 0.1)
@@ -76,11 +77,12 @@ def write_data(path: Path, batch_size: int, num_steps: int) -> int:
 
 
 def jax_worker(args: argparse.Namespace) -> None:
-    """Train rnn_jax on ``args.data`` for ``args.seconds``; JSON lines as ``torch_ttq.py``."""
+    """Train rnn_jax on ``args.data`` for ``args.seconds``; JSON lines as ``torch_ttq.py``.
+    With ``JAX_NUM_CPU_DEVICES`` > 1 the batch is split over that many CPU devices, as
+    ``rnn-jax train`` does (``parallel.mesh_for``)."""
     import jax
-    import jax.numpy as jnp
 
-    from rnn_jax import model, step
+    from rnn_jax import parallel, step
     from rnn_jax.config import ModelConfig, TrainConfig
 
     data = np.load(args.data)
@@ -95,17 +97,20 @@ def jax_worker(args: argparse.Namespace) -> None:
         optimizer=args.optimizer, lr=args.lr, theta=args.theta, batch_size=B, num_steps=T
     )
     optimizer = step.make_optimizer(train_config)
-    batches = [
-        (jnp.asarray(x), jnp.asarray(y))
-        for x, y in zip(data["train_X"], data["train_Y"], strict=True)
-    ]
-    val = (jnp.asarray(data["val_X"]), jnp.asarray(data["val_Y"]))
-    state = step.init_train_state(model_config, optimizer, B, jax.random.key(args.seed))
+    mesh = parallel.mesh_for(None)
+    pairs = zip(data["train_X"], data["train_Y"], strict=True)
+    if mesh is None:
+        batches = [jax.device_put(xy) for xy in pairs]
+        val = jax.device_put((data["val_X"], data["val_Y"]))
+    else:
+        batches = [parallel.put_batch(*xy, mesh) for xy in pairs]
+        val = parallel.put_eval_batches(data["val_X"], data["val_Y"], mesh)
+    state = step.init_train_state(model_config, optimizer, B, jax.random.key(args.seed), mesh)
 
     t0 = time.perf_counter()
-    train_step = step.make_train_step(model_config, optimizer, carry_hidden=True)
+    train_step = step.make_train_step(model_config, optimizer, carry_hidden=True, mesh=mesh)
     train_step = train_step.lower(state, batches[0]).compile()
-    evaluate = step.make_evaluate(model_config).lower(state.params, *val).compile()
+    evaluate = step.make_evaluate(model_config, mesh).lower(state.params, *val).compile()
     compile_s = time.perf_counter() - t0
 
     def val_bpc() -> float:
@@ -121,7 +126,7 @@ def jax_worker(args: argparse.Namespace) -> None:
     while elapsed < args.seconds:
         k = steps % K
         if k == 0:  # each epoch from zeros, as the peer
-            state = state.replace(hidden=model.zero_state(model_config, B))
+            state = state.replace(hidden=parallel.zero_hidden(model_config, B, mesh))
         t0 = time.perf_counter()
         state, metrics = train_step(state, batches[k])
         jax.block_until_ready(metrics["loss"])
@@ -137,6 +142,7 @@ def jax_worker(args: argparse.Namespace) -> None:
         tokens_per_s=steps * B * T / elapsed,
         compile_s=compile_s,
         jax=jax.__version__,
+        devices=jax.device_count(),
     )
 
 
@@ -155,9 +161,14 @@ def time_to(curve: list[dict], target: float) -> float | None:
     return curve[0]["elapsed"] if curve and curve[0]["val_bpc"] <= target else None
 
 
-def run_child(argv: list[str], timeout: float) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {XLA_ONE_THREAD}".strip()
+def run_child(argv: list[str], timeout: float, threads: int = 1, devices: int = 1) -> list[dict]:
+    """Run a worker with ``threads`` threads (XLA's one-thread flags for 1; its CPU client
+    keeps its own pool regardless, so the caller pins it with ``taskset``) on ``devices``
+    simulated CPU devices; its JSON lines."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if threads == 1:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {XLA_ONE_THREAD}".strip()
+    env["JAX_NUM_CPU_DEVICES"] = str(devices)
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     proc = subprocess.run(
         argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
@@ -206,7 +217,12 @@ def main() -> None:
     ap.add_argument("--num-steps", type=int, default=64)
     ap.add_argument("--theta", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cpu", default="0", help="taskset -c CPU for every child")
+    ap.add_argument("--cpu", default="0", help="taskset -c CPUS for every child (e.g. 0,1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch's threads, and XLA's if 1")
+    ap.add_argument(
+        "--devices", type=int, default=1, help="rnn_jax's batch split over N simulated CPU devices"
+    )
+    ap.add_argument("--corpus", type=Path, help="a UTF-8 text instead of the Time Machine")
     ap.add_argument("--torch-first", action="store_true", help="run the peer before rnn_jax")
     ap.add_argument("--peers-python", type=Path, default=REPO / ".venv-peers" / "bin" / "python")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ttq")
@@ -226,7 +242,7 @@ def main() -> None:
     results: list[tuple[list[dict], dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "timemachine_raw.npz"
-        vocab_size = write_data(data_path, args.batch_size, args.num_steps)
+        vocab_size = write_data(data_path, args.batch_size, args.num_steps, args.corpus)
         common = [
             "--data", str(data_path), "--seconds", str(args.seconds),
             "--eval-every", str(args.eval_every), "--num-hiddens", str(args.num_hiddens),
@@ -237,13 +253,17 @@ def main() -> None:
             for opt in args.optimizers:
                 config = ["--cell", cell, "--optimizer", opt, "--lr", str(LEARNING_RATES[opt])]
                 jax_child = [sys.executable, __file__, "--worker"]
-                torch_child = [str(args.peers_python), str(REPO / "benchmarks" / "torch_ttq.py")]
+                torch_child = [
+                    str(args.peers_python), str(REPO / "benchmarks" / "torch_ttq.py"),
+                    "--threads", str(args.threads),
+                ]  # fmt: skip
                 children = (
                     (torch_child, jax_child) if args.torch_first else (jax_child, torch_child)
                 )
                 for child in children:
                     argv = [*pin, *child, *common, *config]
-                    lines = run_child(argv, timeout=10 * args.seconds + 300)
+                    devices = args.devices if child is jax_child else 1
+                    lines = run_child(argv, 10 * args.seconds + 300, args.threads, devices)
                     *curve, final = lines
                     results.append((curve, final))
                     print(
@@ -265,11 +285,14 @@ def main() -> None:
         worse = max(targets.get(key, -math.inf), curve[-1]["val_bpc"])
         targets[key] = args.target if args.target is not None else worse
     md = table(results, targets)
+    corpus = "Time Machine" if args.corpus is None else args.corpus.name
+    devices = f", rnn_jax on {args.devices} CPU devices" if args.devices > 1 else ""
     header = (
-        f"Time to quality, raw Time Machine characters (V {vocab_size}), H {args.num_hiddens}, "
+        f"Time to quality, raw {corpus} characters (V {vocab_size}), H {args.num_hiddens}, "
         f"B {args.batch_size}, T {args.num_steps}, clip {args.theta}, init uniform; "
         f"{args.seconds:g} s of training per run, validation every {args.eval_every:g} s, "
-        f"one thread on CPU {args.cpu}, {'the peer' if args.torch_first else 'rnn_jax'} first; "
+        f"{args.threads} thread(s) on CPU {args.cpu}{devices}, "
+        f"{'the peer' if args.torch_first else 'rnn_jax'} first; "
         f"harness wall {time.perf_counter() - start:.0f} s, "
         f"load average {os.getloadavg()[0]:.1f} at the end.\n\n"
     )

@@ -1,6 +1,7 @@
 """The PyTorch peer of ``time_to_quality.py``: ``nn.LSTM``/``nn.GRU`` + ``nn.Linear``, one
-thread, trained for a wall budget on the minibatches the harness wrote, validated every
-few seconds of training. Prints one JSON line per validation, then a summary line.
+thread (``--threads``), trained for a wall budget on the minibatches the harness wrote,
+validated every few seconds of training. Prints one JSON line per validation, then a
+summary line.
 
 Runs in the peers' virtualenv (PyTorch is never a dependency of rnn_jax); adapted from
 ``shared/peers/torch_peers.py`` (``ConciseRNN``, its train step), with the optimizer a
@@ -77,9 +78,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--warmup", type=int, default=0, help="untimed forward+backward calls")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     args = ap.parse_args()
     device = torch.device(args.device)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     data = np.load(args.data)
