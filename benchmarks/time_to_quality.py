@@ -1,6 +1,8 @@
 """Time to quality on real text: rnn_jax against PyTorch, same model, same optimizer.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/time_to_quality.py --seconds 60
+    ... --corpus FILE                        # another UTF-8 text
+    ... --cpu 0,1 --threads 2 [--devices 2]  # two cores; rnn_jax on 2 CPU devices
 
 trains an LSTM and a GRU (H 256, B 32, T 64) on the raw characters of the shipped Time
 Machine (every character as in the file; the last 10% held out), with SGD (lr 1) and
