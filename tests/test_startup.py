@@ -17,7 +17,7 @@ import pytest
 from rnn_jax import checkpoint, input_pipeline
 from rnn_jax.actions import count, duration, plan_line
 from rnn_jax.config import TrainConfig
-from tests.import_effect import last_words
+from tests.import_effect import ROOT, last_words
 from tests.test_cli import CACHE, TINY, leaves_digest
 
 # ``rnn-jax ARGS`` as its own process (``cli.main()`` reading sys.argv, as the entry
@@ -139,4 +139,49 @@ def test_freed_blocks_are_reused_not_faulted_in_again() -> None:
     )
     faults = {first: int(words) for first, words in last_words(program).items()}
     assert faults["alone"] >= 5 * 10, faults  # mapped afresh each of the last 5 times
+    assert faults["rnn_jax"] <= 5, faults
+
+
+THREAD_HEAP = """
+import ctypes, resource, sys, threading
+import numpy as np
+import rnn_jax
+if sys.argv[1] == "no pad":
+    ctypes.CDLL(None).mallopt(-2, 0)  # M_TOP_PAD, glibc's default
+faults = []
+def work():
+    tenant = np.ones(5_000_000)  # 40 MB in this thread's first heap
+    for i in range(10):
+        if i == 5:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = np.ones(3_750_000)  # 30 MB: no room beside the tenant, a heap of its own
+        del block
+    faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(faults[0])
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"), reason="glibc")
+def test_a_thread_heap_of_its_own_is_kept() -> None:
+    """A thread (XLA runs a step on its own) allocates and frees a 30 MB block that does
+    not fit beside a 40 MB one in its first 64 MB heap, as an LSTM's step did after an
+    evaluation: glibc maps a heap for it each time and unmaps it when it is freed (682
+    page faults a block here), unless a top pad keeps it (``M_TOP_PAD``, set by ``import
+    rnn_jax``). Counted, not timed; the thread is alone in its heap, so the count is
+    exact."""
+    faults = {}
+    for variant in ("rnn_jax", "no pad"):
+        run = subprocess.run(
+            [sys.executable, "-c", THREAD_HEAP, variant],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        faults[variant] = int(run.stdout.split()[-1])
+    assert faults["no pad"] >= 100, faults  # the case exists: a fresh heap every time
     assert faults["rnn_jax"] <= 5, faults
