@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 from time_to_quality import run_child  # noqa: E402 (a sibling script, not a package)
 
 B = 32
-TORCH_NAMES = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}
+CELLS = ("lstm", "gru", "rnn")  # the cells with a torch.nn twin
 
 
 def write_random(path: Path, vocab_size: int, num_steps: int, seed: int = 0) -> None:
@@ -103,7 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--cells", nargs="+", default=["lstm"], choices=list(TORCH_NAMES))
+    ap.add_argument("--cells", nargs="+", default=["lstm"], choices=CELLS)
     ap.add_argument("--hiddens", nargs="+", type=int, default=[256, 512])
     ap.add_argument("--vocabs", nargs="+", type=int, default=[28, 66])
     ap.add_argument("--steps", nargs="+", type=int, default=[35, 64])
