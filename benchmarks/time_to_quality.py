@@ -239,6 +239,9 @@ def main() -> None:
         jax_worker(args)
         return
 
+    if args.corpus is not None and not args.corpus.is_file():
+        print(f"time_to_quality: error: --corpus {args.corpus}: no such file", file=sys.stderr)
+        sys.exit(2)
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     results: list[tuple[list[dict], dict]] = []
