@@ -42,6 +42,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -696,21 +697,40 @@ def quiet_orbax_unraisables() -> None:
 def quiet_orbax_logs() -> None:
     """Orbax logs a failed background write with its traceback, then re-raises the same
     exception from ``wait_until_finished``, where the run reports it in one line; it logs
-    an unparsable ``_CHECKPOINT_METADATA``, which a restore reports as damage; and after a
-    failed save asyncio reports at garbage collection the other writes of that save that
-    failed too ("Task exception was never retrieved"). Drop those log records."""
+    an unparsable or vanished ``_CHECKPOINT_METADATA`` (damage, or a step deleted under a
+    reader), which a restore reports itself, in one line, if it needs the file; and after a
+    failed save or read asyncio reports at garbage collection the other writes or reads
+    of it that failed too ("Task exception was never retrieved", "Future exception was
+    never retrieved": a checkpoint deleted while a reader reads it fails every leaf).
+    Drop those log records."""
     absl.logging.get_absl_logger().addFilter(_not_orbax_failure)
     logging.getLogger("asyncio").addFilter(_not_orbax_task)
+
+
+_FAILED_METADATA_READS = ("Failed to json parse", "Failed to read Metadata file")
 
 
 def _not_orbax_failure(record: logging.LogRecord) -> bool:
     if f"{os.sep}orbax{os.sep}" not in record.pathname:
         return True
-    return not (record.exc_info or record.getMessage().startswith("Failed to json parse"))
+    message = record.getMessage()
+    return not (record.exc_info or message.startswith(_FAILED_METADATA_READS))
 
 
 def _not_orbax_task(record: logging.LogRecord) -> bool:
-    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.getMessage())
+    """False for an exception of Orbax's: raised in a task whose coroutine the message
+    names, or a future's raised in Orbax's code (its traceback) or by TensorStore on a
+    checkpoint's files (no traceback; its text names the OCDBT database)."""
+    if not record.exc_info:
+        return True
+    _, error, trace = record.exc_info
+    orbax = f"{os.sep}orbax{os.sep}"
+    frames = traceback.extract_tb(trace) if trace is not None else []
+    return not (
+        orbax in record.getMessage()
+        or any(orbax in frame.filename for frame in frames)
+        or "OCDBT database" in str(error)
+    )
 
 
 def _read_json(manager: ocp.CheckpointManager, run_dir: Path, step: int, name: str) -> Any:

@@ -8,6 +8,7 @@ Tiny model (V 10, H 8, B 4) so that every save and restore costs milliseconds.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import absl.logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -310,6 +312,51 @@ def test_library_saves_and_restores_drop_orbax_orphans(
     for unraisable in (closed, orphan, other):
         sys.unraisablehook(unraisable)
     assert seen == [other]
+
+
+def test_orbax_futures_never_retrieved_are_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint deleted under a reader fails every leaf's read; the restore reports one,
+    and asyncio logs the others' futures at garbage collection ("Future exception was
+    never retrieved"): raised in Orbax's code, or set by TensorStore with no traceback.
+    Those records are dropped; asyncio's record of an exception of other code is kept."""
+    checkpoint.quiet_orbax_logs()
+    orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "x.py")
+    raised = []
+    for code in (
+        compile("raise ValueError('NOT_FOUND: b_q/.zarray')", orbax_file, "exec"),
+        compile("raise ValueError('ours')", "mine.py", "exec"),
+    ):
+        try:
+            exec(code)
+        except ValueError as err:
+            raised.append(err)
+    tensorstore = ValueError(
+        'FAILED_PRECONDITION: Error reading "W_hq/0.0" in OCDBT database at local file "x"'
+    )
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for err in (*raised, tensorstore):
+            logging.getLogger("asyncio").error(
+                "Future exception was never retrieved\nfuture: %s",
+                SimpleNamespace(exception=err),
+                exc_info=(type(err), err, err.__traceback__),
+            )
+    assert [r.exc_info[1] for r in caplog.records] == [raised[1]]
+
+
+def test_orbax_reads_of_a_vanished_metadata_file_are_not_logged() -> None:
+    """Orbax logs (as an error) a ``_CHECKPOINT_METADATA`` deleted under a reader, and goes
+    on without it; that record is dropped, Orbax's other records and ours are kept."""
+    checkpoint.quiet_orbax_logs()
+    orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "x.py")
+    absl_logger = absl.logging.get_absl_logger()
+
+    def passes(pathname: str, message: str) -> bool:
+        record = logging.LogRecord("absl", logging.ERROR, pathname, 1, message, None, None)
+        return bool(absl_logger.filter(record))
+
+    assert not passes(orbax_file, "Failed to read Metadata file: 7/_CHECKPOINT_METADATA")
+    assert passes(orbax_file, "Something else went wrong")
+    assert passes("mine.py", "Failed to read Metadata file: 7/_CHECKPOINT_METADATA")
 
 
 # ------------------------------------------------------------- format 1, legacy
