@@ -94,23 +94,7 @@ def test_two_processes_train_as_one(four: Path, tmp_path: Path) -> None:
     train += [*SMALL, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rnn_jax",
-                "train",
-                "--out",
-                str(run_dir),
-                "--epochs",
-                "3",
-                *SMALL,
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-            ],
+            [*train, "--process-id", str(i)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
