@@ -185,3 +185,54 @@ def test_a_thread_heap_of_its_own_is_kept() -> None:
         faults[variant] = int(run.stdout.split()[-1])
     assert faults["no pad"] >= 100, faults  # the case exists: a fresh heap every time
     assert faults["rnn_jax"] <= 5, faults
+
+
+# A command's way out (``rnn_jax.__main__.exit_without_finalizing``): an exit handler
+# that writes a file, an idle worker of a thread pool (Orbax leaves one after a failed
+# save: joined without being told to stop, it waits for ever), a non-daemon thread still
+# working, a finalizer that would run in Python's finalization, unflushed output.
+WAY_OUT = """
+import atexit, concurrent.futures, sys, threading, time
+from pathlib import Path
+from rnn_jax.__main__ import exit_without_finalizing
+folder = Path(sys.argv[1])
+atexit.register(lambda: (folder / "atexit").write_text("ran"))
+pool = concurrent.futures.ThreadPoolExecutor(1)
+pool.submit(int).result()
+worker = threading.Thread(target=lambda: (time.sleep(0.5), (folder / "thread").touch()))
+worker.start()
+class Finalized:
+    def __del__(self):
+        (folder / "finalized").touch()
+kept = Finalized()
+print("said", end="")
+sys.stderr.write("warned")
+exit_without_finalizing(3)
+"""
+
+
+def test_a_command_exits_as_python_would_less_its_finalization(tmp_path: Path) -> None:
+    """Exit status, output, exit handlers and threads as Python's own exit has them; the
+    finalization (a module's objects torn down one by one) is skipped. Against the same
+    program ended by ``sys.exit``, which runs the finalizer too."""
+    outcomes = {}
+    for way in ("ours", "python"):
+        folder = tmp_path / way
+        folder.mkdir()
+        program = (
+            WAY_OUT.replace("exit_without_finalizing(3)", "sys.exit(3)")
+            if way == "python"
+            else WAY_OUT
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", program, str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=False,
+        )
+        files = sorted(p.name for p in folder.iterdir())
+        outcomes[way] = (proc.returncode, proc.stdout, proc.stderr, files)
+    assert outcomes["python"] == (3, "said", "warned", ["atexit", "finalized", "thread"])
+    assert outcomes["ours"] == (3, "said", "warned", ["atexit", "thread"])
