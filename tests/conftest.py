@@ -1,7 +1,11 @@
 """Shared fixtures: a tiny slice of the Time Machine, a tiny model, and one short run.
 
-Nothing here changes JAX's global configuration (x64 stays off outside the tests that
-enable it in a ``with jax.enable_x64(True)`` block).
+The one change to JAX's global configuration: every test process compiles through the
+persistent compilation cache the tests' ``rnn-jax`` processes use (``tests/test_cli.py``'s
+``CACHE``; ``rnn_jax.compile_cache``, whose entries many processes share safely). Many
+tests compile the same programs (the tiny models' steps, the references); a loaded
+program computes what a fresh compile would, bit for bit. x64 stays off outside the
+tests that enable it in a ``with jax.enable_x64(True)`` block.
 """
 
 from __future__ import annotations
@@ -15,6 +19,14 @@ import pytest
 
 from rnn_jax import input_pipeline, loop, model
 from rnn_jax.config import ModelConfig, TrainConfig
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from rnn_jax import compile_cache
+    from tests.test_cli import CACHE
+
+    compile_cache.use_compilation_cache(CACHE / "rnn_jax")
+
 
 # Big enough to learn something in a few epochs, small enough to train in about a second.
 TINY_TRAIN = TrainConfig(
