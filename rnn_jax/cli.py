@@ -41,7 +41,14 @@ from rnn_jax.config import (
     field_type,
     flag_name,
 )
-from rnn_jax.signals import SIGNALS, Interrupted, ReaderSignals, Signals, python_defaults
+from rnn_jax.signals import (
+    SIGNALS,
+    Interrupted,
+    ReaderSignals,
+    Signals,
+    python_defaults,
+    say_and_exit,
+)
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -497,9 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rnn-jax: {err}", file=sys.stderr)
         return 128 + err.signum
     except run.ProcessLostError as err:
-        print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(EXIT_FAILED)  # now: jax.distributed's shutdown would wait for the lost process
+        # now: jax.distributed's shutdown would wait for the lost process
+        say_and_exit(f"rnn-jax: error: {err}", EXIT_FAILED)
     except run.RunError as err:
         print(f"rnn-jax: error: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED

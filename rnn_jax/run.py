@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import re
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,7 +72,7 @@ from rnn_jax.config import (
 )
 from rnn_jax.input_pipeline import Dataset
 from rnn_jax.run_folder import RunLock
-from rnn_jax.signals import Signals, pause_point, pause_requested
+from rnn_jax.signals import Signals, pause_point, pause_requested, say_and_exit
 from rnn_jax.step import TrainState
 
 
@@ -600,10 +598,8 @@ def _lost_coordinator(request: TrainRequest, run_dir: Path) -> Callable[[str], N
     watch's thread (JAX's client would end the process a moment later with SIGABRT)."""
 
     def lost(what: str) -> None:
-        line = f"{what}; {_resume_hint(request, run_dir)}"
-        print(f"rnn-jax: error: {line}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(1)  # the command line's exit status for a failed run
+        # exit 1, the command line's status for a failed run
+        say_and_exit(f"rnn-jax: error: {what}; {_resume_hint(request, run_dir)}", 1)
 
     return lost
 

@@ -143,12 +143,20 @@ def python_defaults() -> None:
 def exit_now(signum: int, what: str) -> NoReturn:
     """Flush stdout, say ``SIGNAME; what`` on stderr in one line and exit 128 + signum,
     without unwinding (nothing on the way out can print a traceback)."""
-    # A closed pipe, or a write that the signal interrupted (a reentrant flush), keeps
+    say_and_exit(f"rnn-jax: {signal.Signals(signum).name}; {what}", 128 + signum)
+
+
+def say_and_exit(line: str, status: int) -> NoReturn:
+    """Flush stdout, write ``line`` to stderr in one write and end the process at once
+    with ``status``: nothing can come between the line and the exit but another thread's
+    output in the microseconds before (a lost process's JAX client prints its fatal
+    error from a thread of its own)."""
+    # A closed pipe, or a write that a signal interrupted (a reentrant flush), keeps
     # stdout's buffer back; the exit goes on.
     with contextlib.suppress(OSError, RuntimeError, ValueError):
         sys.stdout.flush()
-    os.write(2, f"rnn-jax: {signal.Signals(signum).name}; {what}\n".encode())
-    os._exit(128 + signum)
+    os.write(2, f"{line}\n".encode())
+    os._exit(status)
 
 
 # --------------------------------------------------------------------------- a test hook

@@ -89,8 +89,10 @@ def test_the_coordinator_killed(campaign, tmp_path: Path, moment: str) -> None:
     """kill -9 of process 0, which hosts the coordination service, mid-run or while
     process 1 waits for it inside a save (process 0's part of the save never ends):
     process 1 exits 1 with one line naming process 0 and the last good checkpoint, no
-    Python traceback, nothing else but JAX's client's fatal error if it got there first
-    (``parallel.coordinator_watch`` ends the process before that client's abort; without
+    Python traceback, nothing else but JAX's client's fatal error, before or after that
+    line: its thread reacts to the same lost connection, and under load it wrote between
+    the line and the exit in 2 of 16 runs (``parallel.coordinator_watch`` ends the
+    process before that client's abort; without
     the watch, every wait inside a save ended in SIGABRT). Every finished checkpoint is
     intact, and its arrays carry checksums, gathered from both processes, that a restore
     verifies."""
@@ -122,7 +124,7 @@ def test_the_coordinator_killed(campaign, tmp_path: Path, moment: str) -> None:
     assert codes == [-signal.SIGKILL, 1] and "Traceback" not in err, (codes, err)
     steps = checkpoint.finished_steps(run_dir)
     ours = [line for line in err.splitlines() if line.startswith("rnn-jax:")]
-    assert ours == [err.strip().splitlines()[-1]], err
+    assert len(ours) == 1, err  # JAX's fatal error, if any, may come before or after it
     assert ours[0].startswith("rnn-jax: error: process 0 of 2 (the coordinator) is unreachable")
     assert f"the last good checkpoint is step {steps[-1]}; continue with: rnn-jax train " in ours[0]
     assert f"--resume {run_dir} --coordinator 127.0.0.1:" in ours[0]
