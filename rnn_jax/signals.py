@@ -148,9 +148,9 @@ def exit_now(signum: int, what: str) -> NoReturn:
 
 def say_and_exit(line: str, status: int) -> NoReturn:
     """Flush stdout, write ``line`` to stderr in one write and end the process at once
-    with ``status``: nothing can come between the line and the exit but another thread's
-    output in the microseconds before (a lost process's JAX client prints its fatal
-    error from a thread of its own)."""
+    with ``status``. Another thread's output cannot split the line, but can still come
+    just before or after it (a lost process's JAX client prints its fatal error from a
+    thread of its own)."""
     # A closed pipe, or a write that a signal interrupted (a reentrant flush), keeps
     # stdout's buffer back; the exit goes on.
     with contextlib.suppress(OSError, RuntimeError, ValueError):
