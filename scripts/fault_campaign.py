@@ -76,6 +76,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -319,16 +320,26 @@ class Campaign:
 
         return [{k: r.get(k) for k in KEYS} for r in report.read_jsonl(run_dir / "metrics.jsonl")]
 
-    def same_as(self, run_dir: Path, reference: Path) -> str | None:
+    def same_as(
+        self,
+        run_dir: Path,
+        reference: Path,
+        records: Callable[[Path], list] | None = None,
+        than: str = "the uninterrupted run",
+    ) -> str | None:
+        """None if ``run_dir`` ends at ``reference``'s step with its state and its
+        ``records`` (default: every metric record), else what differs (``than`` names the
+        reference)."""
         from rnn_jax import checkpoint
 
+        records = records or self.records
         try:
             if checkpoint.restore(run_dir).step != checkpoint.restore(reference).step:
-                return "ends at another step than the uninterrupted run"
+                return f"ends at another step than {than}"
             if self.state_digest(run_dir) != self.state_digest(reference):
-                return "train state differs from the uninterrupted run"
-            if self.records(run_dir) != self.records(reference):
-                return "metric records differ from the uninterrupted run"
+                return f"train state differs from {than}"
+            if records(run_dir) != records(reference):
+                return f"metric records differ from {than}"
         except Exception as err:  # a campaign reports, it does not stop
             return f"{type(err).__name__}: {_tail(str(err))}"
         return None
@@ -824,12 +835,10 @@ class Campaign:
             self.refusals[kind] = self.refusals.get(kind, 0) + 1
         if len(lines) != codes.count(2):
             return f"{len(lines)} stderr lines for {codes.count(2)} reads that exited 2"
-        if checkpoint.restore(run_dir).step != checkpoint.restore(reference).step:
-            return "ends at another step than the run without a reader"
-        if self.state_digest(run_dir) != self.state_digest(reference):
-            return "train state differs from the run without a reader"
-        if self.validations(run_dir) != self.validations(reference):
-            return "validation records differ from the run without a reader"
+        # validation records only: each save closes a record of the steps since the last
+        different = self.same_as(run_dir, reference, self.validations, "the run without a reader")
+        if different:
+            return different
         if checkpoint.intact_steps(run_dir) != checkpoint.finished_steps(run_dir):
             return f"a finished checkpoint is damaged: {checkpoint.intact_steps(run_dir)}"
         return None
