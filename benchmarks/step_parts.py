@@ -38,18 +38,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def _best_ms(f, *args, calls: int = 50, timings: int = 9) -> float:
+    """``f(*args)`` jitted: the best of ``timings`` timings of ``calls`` calls, in ms."""
     import jax
 
-    f = jax.jit(f)
-    jax.block_until_ready(f(*args))
-    best = float("inf")
-    for _ in range(timings):
-        started = time.perf_counter()
-        for _ in range(calls):
-            out = f(*args)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - started) / calls)
-    return best * 1e3
+    jitted = jax.jit(f)
+    return _time_steps(lambda _: jitted(*args), calls, timings) * 1e3
 
 
 def _book_step(cell: str, num_hiddens: int, num_steps: int):
@@ -133,6 +126,8 @@ def parts(args: argparse.Namespace) -> None:
 
 
 def _time_steps(run, calls: int, timings: int) -> float:
+    """Seconds a call of ``run(i)``: the best of ``timings`` timings of ``calls`` calls,
+    after one untimed call."""
     import jax
 
     jax.block_until_ready(run(0))
